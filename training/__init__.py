@@ -1,0 +1,1 @@
+"""Training package: labelled recordings to the ONNX model the daemon runs (install the [train] extra)."""
