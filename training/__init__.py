@@ -1,1 +1,4 @@
-"""Training package: labelled recordings to the ONNX model the daemon runs (install the [train] extra)."""
+"""Training package: labelled recordings to the ONNX model the daemon runs.
+
+Install with the [train] extra (torch, torchaudio, xgboost, flwr).
+"""

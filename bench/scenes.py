@@ -1,0 +1,406 @@
+"""Synthetic but real-sounding clap scenes built from any folder in ESC-50 layout.
+
+Used by the clap tests and the clap benchmark. Single claps are cut out of real
+"clapping" recordings and laid out at chosen gaps over real background recordings; the
+distractors (knocks, footsteps, speech-like sounds, clicks) and applause come from their
+own ESC-50 classes. A seed fixes everything, so a scene set is reproducible.
+
+Conventions:
+
+* All audio is float32 mono at 22,050 Hz (the model rate).
+* Every cut event starts `EVENT_PRE_S` before its onset, so ground-truth clap times in a
+  scene are the placement sample plus `EVENT_PRE` samples.
+* SNR is the clap's peak-window energy (the loudest 20 ms window, `peak_window_db`)
+  over the background's RMS level over the whole scene, both in dB. Each clap (or the
+  distractor's loudest moment) is scaled to `EVENT_LEVEL_DB` and the background to
+  `EVENT_LEVEL_DB - snr_db`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from claudio_daemon.detect.claps import ClapDetector
+from claudio_daemon.detect.settings import ClapSettings
+
+SAMPLE_RATE = 22050
+EVENT_PRE_S = 0.02
+EVENT_PRE = int(round(EVENT_PRE_S * SAMPLE_RATE))
+PEAK_WINDOW_S = 0.02
+EVENT_LEVEL_DB = -20.0
+
+BACKGROUNDS = (
+    "rain",
+    "wind",
+    "vacuum_cleaner",
+    "washing_machine",
+    "crickets",
+    "clock_tick",
+    "keyboard_typing",
+)
+#: Distractor classes played whole (a few seconds of the recording).
+DISTRACTOR_CLIPS = (
+    "footsteps",
+    "dog",
+    "glass_breaking",
+    "coughing",
+    "laughing",
+    "mouse_click",
+    "can_opening",
+)
+
+
+@dataclass(frozen=True)
+class Scene:
+    audio: np.ndarray
+    #: Ground-truth clap onsets (samples); empty for distractors and applause.
+    clap_samples: tuple[int, ...]
+    #: Pattern the detector should report: N for a clap scene, 0 for "no command".
+    count: int
+    #: "claps", "applause", "knock_pattern" or a distractor's ESC-50 category.
+    kind: str
+    snr_db: float = 0.0
+    background: str = "none"
+    info: dict = field(default_factory=dict)
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+Roots = str | Path | Sequence[str | Path]
+
+
+def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) -> list[Path]:
+    """Files of one category in one or several ESC-50 layout folders (meta/esc50.csv + audio/)."""
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    wanted = None if folds is None else {int(f) for f in folds}
+    out = []
+    for r in roots:
+        r = Path(r)
+        meta = r / "meta" / "esc50.csv"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: not an ESC-50 layout folder (meta/esc50.csv missing)")
+        with meta.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["category"] == category and (wanted is None or int(row["fold"]) in wanted):
+                    out.append(r / "audio" / row["filename"])
+    return sorted(out)
+
+
+@lru_cache(maxsize=512)
+def load_clip(path: Path) -> np.ndarray:
+    """A recording as float32 mono at 22,050 Hz (cached: scenes reuse clips)."""
+    try:
+        from claudio_daemon.audio.io import read_audio
+    except ImportError:  # pragma: no cover - the audio helper is optional here
+        import soundfile as sf
+
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        x = data.mean(axis=1)
+    else:
+        x, rate = read_audio(path)
+    if rate != SAMPLE_RATE:
+        x = soxr.resample(x, rate, SAMPLE_RATE)
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def peak_window_db(x: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
+    """Energy (dB RMS) of the loudest window: how loud a clap is, for the SNR."""
+    n = max(1, int(window_s * SAMPLE_RATE))
+    p = np.asarray(x, dtype=np.float64) ** 2
+    if p.size < n:
+        return float(10 * np.log10(max(p.mean() if p.size else 0.0, 1e-12)))
+    c = np.concatenate([[0.0], np.cumsum(p)])
+    return float(10 * np.log10(max(((c[n:] - c[:-n]) / n).max(), 1e-12)))
+
+
+def rms_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(max(float(np.mean(np.asarray(x, np.float64) ** 2)), 1e-12)))
+
+
+# --- cutting single events ---------------------------------------------------------------
+
+
+def cut_events(
+    esc50_root: Roots,
+    category: str,
+    *,
+    folds: Iterable[int] | None = None,
+    length_s: float = 0.22,
+    isolation_s: float = 0.25,
+    only_claps: bool = False,
+    max_per_clip: int = 4,
+) -> list[np.ndarray]:
+    """Isolated transients of one class, each starting `EVENT_PRE_S` before its onset.
+
+    The onset comes from the clap detector's onset finder on the clean recording; an event
+    is kept only if no other transient lies within `isolation_s` around it (so a cut
+    holds exactly one event) and it is at least 25 dB above the clip's background.
+    """
+    settings = ClapSettings()
+    n_len = int(length_s * SAMPLE_RATE)
+    iso = int(isolation_s * SAMPLE_RATE)
+    fade_in = int(0.004 * SAMPLE_RATE)
+    fade_out = int(0.03 * SAMPLE_RATE)
+    out: list[np.ndarray] = []
+    for path in esc50_clips(esc50_root, category, folds):
+        x = load_clip(path)
+        det = ClapDetector(settings, SAMPLE_RATE)
+        cands = det.push(np.concatenate([x, np.zeros(SAMPLE_RATE // 2, np.float32)]))
+        kept = 0
+        for i, c in enumerate(cands):
+            if kept >= max_per_clip:
+                break
+            near = [o for j, o in enumerate(cands) if j != i and abs(o.sample - c.sample) < iso]
+            if near or c.level_db - c.floor_db < 25 or (only_claps and not c.is_clap):
+                continue
+            a = c.sample - EVENT_PRE
+            if a < 0 or a + n_len > len(x):
+                continue
+            seg = np.array(x[a : a + n_len], dtype=np.float32)
+            seg[:fade_in] *= np.linspace(0.0, 1.0, fade_in, dtype=np.float32)
+            seg[-fade_out:] *= np.linspace(1.0, 0.0, fade_out, dtype=np.float32)
+            out.append(seg)
+            kept += 1
+    return out
+
+
+def cut_single_claps(
+    esc50_root: Roots, *, folds: Iterable[int] | None = None, length_s: float = 0.22
+) -> list[np.ndarray]:
+    """Single claps cut from `clapping` recordings (onset at `EVENT_PRE` samples)."""
+    return cut_events(esc50_root, "clapping", folds=folds, length_s=length_s, only_claps=True)
+
+
+# --- backgrounds -------------------------------------------------------------------------
+
+
+def load_backgrounds(
+    esc50_root: Roots,
+    categories: Sequence[str] = BACKGROUNDS,
+    *,
+    per_category: int = 3,
+    folds: Iterable[int] | None = None,
+) -> list[tuple[str, np.ndarray]]:
+    """Background recordings that are actually sounding (ESC-50 pads some with silence)."""
+    out = []
+    for cat in categories:
+        found = 0
+        for path in esc50_clips(esc50_root, cat, folds):
+            x = load_clip(path)
+            frames = x[: len(x) // 1024 * 1024].reshape(-1, 1024)
+            live = np.mean(np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1)) > 1e-4)
+            if live < 0.95:
+                continue
+            out.append((cat, x))
+            found += 1
+            if found >= per_category:
+                break
+    return out
+
+
+def _fit_background(bg: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    reps = int(np.ceil((n + len(bg)) / len(bg)))
+    tiled = np.tile(bg, reps)
+    start = int(rng.integers(0, len(bg)))
+    return np.array(tiled[start : start + n], dtype=np.float64)
+
+
+def _mix(
+    events: Sequence[tuple[int, np.ndarray]],
+    n: int,
+    background: np.ndarray | None,
+    snr_db: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Each event at `EVENT_LEVEL_DB` peak-window level; background at level - SNR."""
+    out = np.zeros(n, dtype=np.float64)
+    for at, ev in events:
+        gain = 10 ** ((EVENT_LEVEL_DB - peak_window_db(ev)) / 20)
+        end = min(n, at + len(ev))
+        out[at:end] += ev[: end - at] * gain
+    if background is not None:
+        bg = _fit_background(background, n, rng)
+        bg *= 10 ** ((EVENT_LEVEL_DB - snr_db - rms_db(bg)) / 20)
+        out += bg
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
+
+
+# --- scenes ------------------------------------------------------------------------------
+
+
+def make_pattern_scene(
+    claps: Sequence[np.ndarray],
+    n: int,
+    gaps: Sequence[float],
+    background: tuple[str, np.ndarray] | np.ndarray | None,
+    snr_db: float,
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    lead_s: float = 1.0,
+    tail_s: float = 2.0,
+    kind: str = "claps",
+) -> Scene:
+    """`n` different cut claps at `gaps` (seconds, n-1 of them) over a background.
+
+    With `kind` other than "claps" (e.g. cut knocks), the expected pattern is 0: a
+    command must not be heard.
+    """
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"scenes are built at {SAMPLE_RATE} Hz, got {sample_rate}")
+    if len(gaps) != n - 1:
+        raise ValueError(f"{n} claps need {n - 1} gaps, got {len(gaps)}")
+    bg_name, bg = _split_background(background)
+    picks = rng.choice(len(claps), size=n, replace=len(claps) < n)
+    starts = [int(lead_s * sample_rate)]
+    for g in gaps:
+        starts.append(starts[-1] + int(round(g * sample_rate)))
+    total = starts[-1] + int(tail_s * sample_rate)
+    audio = _mix([(s, claps[i]) for s, i in zip(starts, picks)], total, bg, snr_db, rng)
+    truth = tuple(s + EVENT_PRE for s in starts)
+    is_claps = kind == "claps"
+    return Scene(
+        audio=audio,
+        clap_samples=truth if is_claps else (),
+        count=n if is_claps else 0,
+        kind=kind,
+        snr_db=snr_db,
+        background=bg_name,
+        info={"gaps": tuple(float(g) for g in gaps), "event_samples": truth},
+    )
+
+
+def make_clip_scene(
+    clip: np.ndarray,
+    kind: str,
+    background: tuple[str, np.ndarray] | np.ndarray | None,
+    snr_db: float,
+    rng: np.random.Generator,
+    *,
+    lead_s: float = 0.5,
+    tail_s: float = 1.5,
+) -> Scene:
+    """A whole distractor (or applause) recording over a background: expected count 0."""
+    bg_name, bg = _split_background(background)
+    at = int(lead_s * SAMPLE_RATE)
+    total = at + len(clip) + int(tail_s * SAMPLE_RATE)
+    audio = _mix([(at, np.asarray(clip, np.float64))], total, bg, snr_db, rng)
+    return Scene(audio=audio, clap_samples=(), count=0, kind=kind, snr_db=snr_db, background=bg_name)
+
+
+def make_applause_scene(
+    claps: Sequence[np.ndarray],
+    background: tuple[str, np.ndarray] | np.ndarray | None,
+    snr_db: float,
+    rng: np.random.Generator,
+    *,
+    duration_s: float = 4.0,
+    gap_range: tuple[float, float] = (0.15, 0.4),
+) -> Scene:
+    """Continuous clapping made of cut claps at a lively, slightly irregular rhythm."""
+    gaps = []
+    t = 0.0
+    while t < duration_s:
+        g = float(rng.uniform(*gap_range))
+        gaps.append(g)
+        t += g
+    scene = make_pattern_scene(claps, len(gaps) + 1, gaps, background, snr_db, rng)
+    return Scene(
+        audio=scene.audio,
+        clap_samples=(),
+        count=0,
+        kind="applause",
+        snr_db=snr_db,
+        background=scene.background,
+        info=scene.info,
+    )
+
+
+def _split_background(
+    background: tuple[str, np.ndarray] | np.ndarray | None,
+) -> tuple[str, np.ndarray | None]:
+    if background is None:
+        return "none", None
+    if isinstance(background, tuple):
+        return background[0], np.asarray(background[1], np.float64)
+    return "custom", np.asarray(background, np.float64)
+
+
+def applause_clips(
+    esc50_root: Roots, *, folds: Iterable[int] | None = None, min_claps: int = 6
+) -> list[np.ndarray]:
+    """`clapping` recordings with many transients (applause or rhythmic clapping)."""
+    settings = ClapSettings()
+    out = []
+    for path in esc50_clips(esc50_root, "clapping", folds):
+        x = load_clip(path)
+        cands = ClapDetector(settings, SAMPLE_RATE).push(x)
+        if len(cands) >= min_claps:
+            out.append(np.asarray(x))
+    return out
+
+
+def build_scene_set(
+    esc50_root: Roots,
+    seed: int,
+    n_per_cell: int,
+    snrs: Sequence[float] = (20.0, 10.0),
+    counts: Sequence[int] = (1, 2, 3, 4),
+    *,
+    gap_range: tuple[float, float] = (0.2, 0.7),
+    distractors: Sequence[str] = DISTRACTOR_CLIPS,
+    folds: Iterable[int] | None = None,
+) -> list[Scene]:
+    """Clap patterns per (count, SNR), knock patterns, distractors and applause.
+
+    Per SNR: `n_per_cell` scenes for each clap count, for knocks in twos/threes, for each
+    distractor class and for applause (half real recordings, half built from cut claps).
+    """
+    rng = np.random.default_rng(seed)
+    folds = None if folds is None else tuple(folds)
+    claps = cut_single_claps(esc50_root, folds=folds)
+    knocks = cut_events(esc50_root, "door_wood_knock", folds=folds)
+    backgrounds = load_backgrounds(esc50_root, folds=folds)
+    if not claps or not backgrounds:
+        raise ValueError(f"{esc50_root}: no usable clapping or background recordings found")
+    real_applause = applause_clips(esc50_root, folds=folds)
+    distractor_clips = {c: [load_clip(p) for p in esc50_clips(esc50_root, c, folds)] for c in distractors}
+
+    def bg() -> tuple[str, np.ndarray]:
+        return backgrounds[int(rng.integers(len(backgrounds)))]
+
+    scenes: list[Scene] = []
+    for snr in snrs:
+        for n in counts:
+            for _ in range(n_per_cell):
+                gaps = rng.uniform(*gap_range, size=n - 1)
+                scenes.append(make_pattern_scene(claps, n, list(gaps), bg(), snr, rng))
+        if knocks:
+            for i in range(n_per_cell):
+                n = 2 + i % 2
+                gaps = rng.uniform(*gap_range, size=n - 1)
+                scenes.append(
+                    make_pattern_scene(knocks, n, list(gaps), bg(), snr, rng, kind="knock_pattern")
+                )
+        for cat, clips in distractor_clips.items():
+            for _ in range(n_per_cell if clips else 0):
+                clip = clips[int(rng.integers(len(clips)))]
+                scenes.append(make_clip_scene(clip, cat, bg(), snr, rng))
+        for i in range(n_per_cell):
+            if i % 2 == 0 and real_applause:
+                clip = real_applause[int(rng.integers(len(real_applause)))]
+                scene = make_clip_scene(clip, "applause", bg(), snr, rng)
+            else:
+                scene = make_applause_scene(claps, bg(), snr, rng)
+            scenes.append(scene)
+    return scenes

@@ -1,0 +1,298 @@
+"""Small factories that put the daemon together, shared by the CLI, tests and benchmarks.
+
+Each outside service (microphone, broker, systemd) is created here behind one function, so a
+test can start the real local thing (a WAV file, Mosquitto, a notify socket) and nothing
+else in the daemon knows where its parts came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from claudio_daemon.audio.io import AudioFileError
+from claudio_daemon.audio.source import (
+    AudioDeviceError,
+    FileSource,
+    InputDevice,
+    MicSource,
+    list_input_devices,
+)
+from claudio_daemon.calibrate.model import Calibration, CalibrationError, load_calibration
+from claudio_daemon.model.classifier import ModelLoadError, OnnxClassifier
+from claudio_daemon.model.metadata import ModelMetadataError
+from claudio_daemon.pipeline import Pipeline
+from claudio_daemon.rules.loader import Problem, RulesError, check_labels, load_rules
+from claudio_daemon.rules.schema import RulesFile
+from claudio_daemon.runner import Runner
+from claudio_daemon.service import logs
+
+log = logging.getLogger(__name__)
+
+#: The shipped model, next to the package in a source checkout or venv install.
+SHIPPED_MODEL = "claudio-esc50-se_resnet18.onnx"
+MODEL_DIRS = (
+    Path(__file__).resolve().parent.parent / "models",
+    Path("/usr/share/claudio/models"),
+)
+RULES_CANDIDATES = (Path("/etc/claudio/rules.yaml"), Path("rules.yaml"))
+
+
+class UserError(Exception):
+    """Something the user can fix (a path, a device, a file): one line, no traceback."""
+
+
+def setup_logging(level: str) -> None:
+    try:
+        logs.setup_logging(level)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def find_rules(path: Path | None) -> Path:
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"{path}: rules file not found")
+        return path
+    env = os.environ.get("CLAUDIO_RULES")
+    if env:
+        return find_rules(Path(env))
+    for candidate in RULES_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise UserError(
+        "no rules file: pass --rules FILE, set CLAUDIO_RULES, or create "
+        "/etc/claudio/rules.yaml (start from the repository's rules.yaml)"
+    )
+
+
+def shipped_model() -> Path | None:
+    env = os.environ.get("CLAUDIO_MODEL")
+    if env:
+        return Path(env)
+    for folder in MODEL_DIRS:
+        candidate = folder / SHIPPED_MODEL
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_classifier(rules: RulesFile | None, override: Path | None) -> OnnxClassifier | None:
+    """The model named on the command line, in rules.yaml, or shipped; None when there is
+    none at all (claps still work; sound rules cannot)."""
+    path = override or (rules.model.path if rules is not None else None) or shipped_model()
+    if path is None:
+        log.warning("no sound model found (looked in %s): clap detection only",
+                    ", ".join(str(d) for d in MODEL_DIRS))
+        return None
+    device = rules.model.device if rules is not None else "auto"
+    threads = rules.model.threads if rules is not None else 1
+    try:
+        return OnnxClassifier(path, device=device, threads=threads)
+    except (ModelLoadError, ModelMetadataError, OSError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+def load_checked_rules(path: Path, labels: tuple[str, ...] | None) -> RulesFile:
+    """Parse, validate, and check every sound label against the model."""
+    rules = load_rules(path)
+    if labels is not None:
+        problems: list[Problem] = check_labels(rules, labels)
+        if problems:
+            raise RulesError(path, problems)
+    return rules
+
+
+def load_rules_or_fail(path: Path, labels: tuple[str, ...] | None = None) -> RulesFile:
+    try:
+        return load_checked_rules(path, labels)
+    except RulesError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def load_calibration_for(rules: RulesFile) -> Calibration | None:
+    path = rules.audio.calibration
+    if path is None or not path.is_file():
+        if path is not None:
+            log.info("no calibration at %s: built-in clap thresholds apply "
+                     "(run `claudio-daemon calibrate`)", path)
+        return None
+    try:
+        cal = load_calibration(path)
+    except CalibrationError as exc:
+        raise UserError(str(exc)) from exc
+    log.info("calibration from %s: noise floor %.1f dB", path, cal.noise_floor_db)
+    return cal
+
+
+def check_rules(path: Path, model: Path | None) -> tuple[list[str], str]:
+    """Problems as printable lines (empty: fine), and a one-line summary."""
+    if not path.is_file():
+        raise UserError(f"{path}: rules file not found")
+    try:
+        rules = load_rules(path)
+    except RulesError as exc:
+        return exc.lines(), ""
+    classifier = load_classifier(rules, model)
+    labels = classifier.labels if classifier is not None else None
+    problems = check_labels(rules, labels) if labels is not None else []
+    summary = f"{len(rules.triggers)} triggers, {len(rules.appliances)} appliances"
+    if classifier is not None:
+        summary += f"; model {classifier.metadata.model_name} with {len(labels or ())} labels"
+    else:
+        summary += "; no model to check sound labels against"
+    return [p.format(path) for p in problems], summary
+
+
+# ---------------------------------------------------------------------- assembly
+
+
+@dataclass
+class Assembly:
+    rules: RulesFile
+    classifier: OnnxClassifier | None
+    pipeline: Pipeline
+
+
+def assemble(
+    rules_path: Path, model_path: Path | None, *, use_classifier: bool = True
+) -> Assembly:
+    try:
+        first = load_rules(rules_path)
+    except RulesError as exc:
+        raise UserError(str(exc)) from exc
+    classifier = load_classifier(first, model_path) if use_classifier else None
+    rules = load_rules_or_fail(rules_path, classifier.labels if classifier else None)
+    pipeline = Pipeline(rules, classifier, calibration=load_calibration_for(rules))
+    return Assembly(rules, classifier, pipeline)
+
+
+def make_publisher(rules: RulesFile, runner: Runner, classifier: OnnxClassifier | None):  # noqa: ANN201
+    from claudio_daemon.mqtt.publisher import MqttPublisher
+
+    publisher = MqttPublisher(rules.mqtt, on_command=runner.on_command)
+    publisher.configure_discovery(
+        clap_counts=sorted({t.claps for t in rules.triggers if t.claps is not None}),
+        sound_labels=list(classifier.labels) if classifier is not None else [],
+    )
+    return publisher
+
+
+def run_replay(
+    file: Path,
+    *,
+    rules_path: Path,
+    model_path: Path | None,
+    json_out: TextIO | None,
+    json_levels: bool = False,
+    realtime: bool = False,
+    publish: bool = False,
+    use_classifier: bool = True,
+) -> Runner:
+    parts = assemble(rules_path, model_path, use_classifier=use_classifier)
+    runner = Runner(parts.pipeline, json_out=json_out, json_levels=json_levels)
+    try:
+        source = FileSource(file, parts.pipeline.sample_rate, realtime=realtime)
+    except AudioFileError as exc:
+        raise UserError(str(exc)) from exc
+    publisher = None
+    if publish:
+        publisher = make_publisher(parts.rules, runner, parts.classifier)
+        runner.publisher = publisher
+        publisher.start()
+    try:
+        if parts.rules.away.armed:
+            runner.set_away(True, "rules.yaml")
+        runner.run(source)
+    finally:
+        if publisher is not None:
+            publisher.stop()
+    return runner
+
+
+def run_service(
+    *,
+    rules_path: Path,
+    model_path: Path | None,
+    device: str | None,
+    input_file: Path | None,
+    json_out: TextIO | None,
+) -> int:
+    """The daemon: listen until SIGTERM, then flush MQTT and say offline."""
+    from claudio_daemon.service.notify import SystemdNotifier
+    from claudio_daemon.service.reload import Reloader
+    from claudio_daemon.service.signals import install_handlers
+
+    parts = assemble(rules_path, model_path)
+    labels = parts.classifier.labels if parts.classifier is not None else None
+    notifier = SystemdNotifier.from_env()
+    runner = Runner(parts.pipeline, json_out=json_out, notifier=notifier)
+    reloader = Reloader(
+        rules_path,
+        load=lambda p: load_checked_rules(p, labels),
+        apply=parts.pipeline.replace_rules,
+        notifier=notifier,
+    )
+    runner.housekeeping = reloader.check
+    publisher = make_publisher(parts.rules, runner, parts.classifier)
+    runner.publisher = publisher
+    restore = install_handlers(on_stop=runner.stop, on_reload=reloader.request)
+    sr = parts.pipeline.sample_rate
+    spec: str | int | None = device if device is not None else parts.rules.audio.device
+    if isinstance(spec, str) and spec.isdigit():
+        spec = int(spec)
+    try:
+        if input_file is not None:
+            source: FileSource | MicSource = FileSource(input_file, sr, realtime=True)
+            where = str(input_file)
+        else:
+            source = MicSource(spec, sr, block_size=parts.rules.audio.block_size)
+            where = f"microphone {spec if spec is not None else '(default)'}"
+    except (AudioDeviceError, AudioFileError) as exc:
+        restore()
+        raise UserError(str(exc)) from exc
+    publisher.start()
+    if parts.rules.away.armed:
+        runner.set_away(True, "rules.yaml")
+    else:
+        publisher.publish_away_state(False)
+    log.info("listening on %s (%d triggers, model %s)", where, len(parts.rules.triggers),
+             parts.classifier.metadata.model_name if parts.classifier else "none")
+    notifier.ready(f"listening on {where}")
+    try:
+        runner.run(source)
+    finally:
+        notifier.stopping()
+        source.close()
+        flushed = publisher.stop()
+        restore()
+        log.info("stopped%s", "" if flushed is not False else " (some MQTT messages undelivered)")
+    return 0
+
+
+def input_devices() -> list[InputDevice]:
+    try:
+        return list_input_devices()
+    except AudioDeviceError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def send_away(rules_path: Path, armed: bool) -> str:
+    """Publish an AWAY command the running daemon picks up; returns the topic."""
+    from claudio_daemon.mqtt.publisher import publish_once
+    from claudio_daemon.mqtt.topics import STATE_OFF, STATE_ON, Topics
+
+    rules = load_rules_or_fail(rules_path)
+    topic = Topics(rules.mqtt.topic_prefix).away_set
+    try:
+        publish_once(rules.mqtt, topic, STATE_ON if armed else STATE_OFF)
+    except (OSError, ValueError, TimeoutError) as exc:
+        raise UserError(f"could not reach the MQTT broker at {rules.mqtt.host}:"
+                        f"{rules.mqtt.port}: {exc}") from exc
+    return topic

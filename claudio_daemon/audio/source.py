@@ -1,0 +1,421 @@
+"""Where audio comes from: a file (replays, demos) or a microphone (the service).
+
+Every source hands out fixed-size blocks of float32 mono audio at the model's rate with
+the sample index of their first sample, so everything downstream counts time in samples
+and a replayed file behaves exactly like a live run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import soundfile as sf
+
+from claudio_daemon.audio.io import AudioFileError
+from claudio_daemon.audio.resample import StreamingResampler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK = 1024
+
+
+class AudioDeviceError(RuntimeError):
+    """The audio input device is missing, busy or unusable; the message lists the inputs."""
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    #: float32 mono at the source's target rate.
+    samples: np.ndarray
+    #: Index of samples[0], in target-rate samples from the start of the stream.
+    start_sample: int
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + int(self.samples.size)
+
+
+@dataclass(frozen=True)
+class InputDevice:
+    index: int
+    name: str
+    channels: int
+    default_rate: float
+    is_default: bool
+
+
+class AudioSource(Protocol):
+    sample_rate: int
+    native_rate: int
+
+    @property
+    def overflows(self) -> int: ...
+
+    def blocks(self) -> Iterator[AudioBlock]: ...
+
+    def close(self) -> None: ...
+
+
+class _Reblocker:
+    """Turns a stream of arbitrary-length arrays into exact `block_size` blocks."""
+
+    def __init__(self, block_size: int) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self._buf = np.zeros(block_size, dtype=np.float32)
+        self._fill = 0
+        self.next_start = 0
+
+    def push(self, x: np.ndarray) -> Iterator[AudioBlock]:
+        pos = 0
+        while pos < x.size:
+            take = min(self.block_size - self._fill, x.size - pos)
+            self._buf[self._fill : self._fill + take] = x[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == self.block_size:
+                yield self._emit()
+
+    def rest(self) -> AudioBlock | None:
+        return self._emit() if self._fill else None
+
+    def _emit(self) -> AudioBlock:
+        block = AudioBlock(self._buf[: self._fill].copy(), self.next_start)
+        self.next_start += self._fill
+        self._fill = 0
+        return block
+
+
+class FileSource:
+    """A recording played through the pipeline, block by block.
+
+    The file is decoded in fixed native-rate chunks (independent of block_size) and
+    resampled as a stream, so the audio is the same whatever block size is asked for.
+    The last block is shorter when the file does not divide evenly; nothing is padded.
+    `realtime=True` paces blocks to the clock, for demos that should feel live.
+    """
+
+    _READ_CHUNK = 8192
+
+    def __init__(
+        self,
+        path: str | Path,
+        target_rate: int,
+        block_size: int = DEFAULT_BLOCK,
+        realtime: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise AudioFileError(self.path, "file not found")
+        if self.path.stat().st_size == 0:
+            raise AudioFileError(self.path, "file is empty (0 bytes)")
+        try:
+            with sf.SoundFile(str(self.path)) as f:
+                self.native_rate = int(f.samplerate)
+                frames = f.frames
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioFileError(self.path, f"cannot decode audio ({exc})") from exc
+        if frames == 0:
+            raise AudioFileError(self.path, "recording has no samples")
+        self.sample_rate = int(target_rate)
+        self.block_size = int(block_size)
+        self.realtime = realtime
+        self._closed = threading.Event()
+        _Reblocker(self.block_size)  # validates block_size now, not at first use
+
+    @property
+    def overflows(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        resampler = StreamingResampler(self.native_rate, self.sample_rate)
+        try:
+            with sf.SoundFile(str(self.path)) as f:
+                for data in f.blocks(blocksize=self._READ_CHUNK, dtype="float32", always_2d=True):
+                    if self._closed.is_set():
+                        return
+                    yield resampler.process(data.mean(axis=1, dtype=np.float32))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioFileError(self.path, f"cannot decode audio ({exc})") from exc
+        yield resampler.flush()
+
+    def blocks(self) -> Iterator[AudioBlock]:
+        reblock = _Reblocker(self.block_size)
+        t0 = time.monotonic()
+
+        def pace(block: AudioBlock) -> None:
+            if self.realtime:
+                due = t0 + block.end_sample / self.sample_rate
+                self._closed.wait(max(0.0, due - time.monotonic()))
+
+        for chunk in self._chunks():
+            for block in reblock.push(chunk):
+                if self._closed.is_set():
+                    return
+                pace(block)
+                yield block
+        last = reblock.rest()
+        if last is not None and not self._closed.is_set():
+            pace(last)
+            yield last
+
+
+def _sd() -> Any:
+    """sounddevice, imported on first use: it needs PortAudio, which file replays do not."""
+    try:
+        import sounddevice
+    except OSError as exc:  # PortAudio library missing
+        raise AudioDeviceError(
+            f"PortAudio is not available ({exc}); install libportaudio2"
+        ) from exc
+    return sounddevice
+
+
+def refresh_devices() -> None:
+    """Make PortAudio enumerate devices again (it lists them once, at start-up).
+
+    Needed to see a USB microphone plugged in again, or a sound server started after us.
+    Only safe while this process has no open stream.
+    """
+    sd = _sd()
+    with contextlib.suppress(AttributeError):
+        sd._terminate()
+        sd._initialize()
+
+
+def list_input_devices() -> list[InputDevice]:
+    """Every device with at least one input channel, as PortAudio sees it."""
+    sd = _sd()
+    try:
+        default_in = sd.default.device[0]
+        if default_in is None or default_in < 0:
+            default_in = sd.query_devices(kind="input")["index"]
+    except Exception:  # no default input at all
+        default_in = -1
+    out = []
+    for info in sd.query_devices():
+        if info["max_input_channels"] > 0:
+            out.append(
+                InputDevice(
+                    index=int(info["index"]),
+                    name=str(info["name"]),
+                    channels=int(info["max_input_channels"]),
+                    default_rate=float(info["default_samplerate"]),
+                    is_default=int(info["index"]) == default_in,
+                )
+            )
+    return out
+
+
+def _describe_inputs() -> str:
+    try:
+        devices = list_input_devices()
+    except Exception as exc:
+        return f"(cannot list devices: {exc})"
+    if not devices:
+        return "no input devices found (is a microphone or sound server available?)"
+    return "available inputs: " + "; ".join(
+        f"[{d.index}] {d.name!r}{' (default)' if d.is_default else ''}" for d in devices
+    )
+
+
+def resolve_input_device(device: str | int | None) -> InputDevice:
+    """A device by index, by case-insensitive name substring, or the default input."""
+    devices = list_input_devices()
+    if isinstance(device, str) and device.strip().isdigit():
+        device = int(device.strip())
+    if device is None:
+        for d in devices:
+            if d.is_default:
+                return d
+        if devices:
+            return devices[0]
+        raise AudioDeviceError(f"no default audio input; {_describe_inputs()}")
+    if isinstance(device, int):
+        for d in devices:
+            if d.index == device:
+                return d
+        raise AudioDeviceError(f"audio input device #{device} not found; {_describe_inputs()}")
+    wanted = device.lower()
+    exact = [d for d in devices if d.name.lower() == wanted]
+    matches = exact or [d for d in devices if wanted in d.name.lower()]
+    if not matches:
+        raise AudioDeviceError(f"no audio input matches {device!r}; {_describe_inputs()}")
+    if len(matches) > 1:
+        log.info("input %r matches %d devices, using %r", device, len(matches), matches[0].name)
+    return matches[0]
+
+
+class MicSource:
+    """A live input device, kept alive through device errors.
+
+    PortAudio's callback only copies the block into a bounded queue (never blocks, never
+    allocates beyond the copy); when the consumer falls behind the newest audio is dropped
+    and counted in `overflows`, as are the driver's own input overflows.
+
+    If the stream fails (PortAudio error, the stream finishing by itself, or no audio for
+    `stall_s`), it is closed and reopened with exponential backoff, re-resolving the device
+    by name so a re-plugged USB microphone is found again. Sample indices keep counting the
+    audio actually received: the gap is not filled with silence, so after a reopen time
+    continues from the new audio (timings inside a pattern spanning the gap are lost,
+    which is harmless because patterns are far shorter than a reopen).
+    """
+
+    def __init__(
+        self,
+        device: str | int | None,
+        target_rate: int,
+        block_size: int = DEFAULT_BLOCK,
+        native_rate: int | None = None,
+        queue_blocks: int = 64,
+        reopen_backoff: tuple[float, float] = (0.5, 30.0),
+        stall_s: float = 3.0,
+        latency: float = 0.1,
+    ) -> None:
+        self.device_spec = device
+        self.device = resolve_input_device(device)
+        self.sample_rate = int(target_rate)
+        self.native_rate = int(native_rate or round(self.device.default_rate))
+        self.block_size = int(block_size)
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_blocks)
+        self._backoff = reopen_backoff
+        self._stall_s = stall_s
+        # A fixed 100 ms: PortAudio's "low" starves ALSA's pulse plugin (audio arrives in
+        # bursts seconds late) and "high" may deliver nothing; claps need sample-accurate
+        # timing, not low latency, and 100 ms is well within the rules' reaction time.
+        self._latency = latency
+        self._closed = threading.Event()
+        self._stream_ended = threading.Event()
+        self._overflows = 0
+        self.reopens = 0
+        _Reblocker(self.block_size)
+
+    @property
+    def overflows(self) -> int:
+        return self._overflows
+
+    def close(self) -> None:
+        """Ends blocks() within a fraction of a second; safe from a signal handler."""
+        self._closed.set()
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if status and status.input_overflow:
+            self._overflows += 1
+        try:
+            self._queue.put_nowait(indata[:, 0].copy())
+        except queue.Full:
+            self._overflows += 1
+
+    def _open(self) -> Any:
+        sd = _sd()
+        self._stream_ended.clear()
+        stream = sd.InputStream(
+            device=self.device.index,
+            channels=1,
+            samplerate=self.native_rate,
+            dtype="float32",
+            blocksize=0,
+            latency=self._latency,
+            callback=self._callback,
+            finished_callback=self._stream_ended.set,
+        )
+        try:
+            stream.start()
+        except Exception:
+            stream.close(ignore_errors=True)
+            raise
+        log.info(
+            "listening on [%d] %r at %d Hz (model rate %d Hz)",
+            self.device.index,
+            self.device.name,
+            self.native_rate,
+            self.sample_rate,
+        )
+        return stream
+
+    def _reopen(self) -> Any | None:
+        """Retry until a stream opens or close() is called; None when closed."""
+        delay, cap = self._backoff
+        while not self._closed.is_set():
+            if self._closed.wait(delay):
+                return None
+            try:
+                refresh_devices()
+                self.device = resolve_input_device(self.device_spec)
+                stream = self._open()
+                self.reopens += 1
+                return stream
+            except Exception as exc:
+                log.warning("audio input still unavailable (%s); retrying in %.1f s", exc, delay)
+                delay = min(cap, delay * 2)
+        return None
+
+    def blocks(self) -> Iterator[AudioBlock]:
+        sd = _sd()
+        try:
+            stream = self._open()
+        except sd.PortAudioError as exc:
+            raise AudioDeviceError(
+                f"cannot open audio input [{self.device.index}] {self.device.name!r} at "
+                f"{self.native_rate} Hz (busy or unsupported?): {exc}; {_describe_inputs()}"
+            ) from exc
+        resampler = StreamingResampler(self.native_rate, self.sample_rate)
+        reblock = _Reblocker(self.block_size)
+        last_audio = time.monotonic()
+        try:
+            while not self._closed.is_set():
+                try:
+                    data = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    data = None
+                if data is not None:
+                    last_audio = time.monotonic()
+                    yield from reblock.push(resampler.process(data))
+                    continue
+                failed = self._stream_ended.is_set() or not stream.active
+                stalled = time.monotonic() - last_audio > self._stall_s
+                if not (failed or stalled):
+                    continue
+                log.warning(
+                    "audio input %r %s; reopening",
+                    self.device.name,
+                    "stopped" if failed else f"delivered nothing for {self._stall_s:.0f} s",
+                )
+                stream.close(ignore_errors=True)
+                stream = None
+                # The old stream's tail is still in the filter: keep it, then start afresh.
+                yield from reblock.push(resampler.flush())
+                stream = self._reopen()
+                if stream is None:
+                    return
+                last_audio = time.monotonic()
+        finally:
+            if stream is not None:
+                stream.close(ignore_errors=True)
+
+
+def open_source(
+    spec: str | int | None,
+    *,
+    file: Path | None,
+    target_rate: int,
+    block_size: int = DEFAULT_BLOCK,
+    realtime: bool = False,
+) -> FileSource | MicSource:
+    """A FileSource when `file` is given, else a MicSource for the device `spec`."""
+    if file is not None:
+        return FileSource(file, target_rate, block_size=block_size, realtime=realtime)
+    return MicSource(spec, target_rate, block_size=block_size)

@@ -1,0 +1,170 @@
+"""`claudio-daemon`: run, replay, check, devices, away, calibrate.
+
+Thin glue over library code: every command builds its parts through the small factories in
+`claudio_daemon.app` and reports bad input as one clear line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from claudio_daemon import __version__, app
+
+cli = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Claudio: claps and recognised sounds become MQTT commands.",
+)
+log = logging.getLogger("claudio_daemon")
+
+RulesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--rules",
+        "-r",
+        help="rules.yaml (default: $CLAUDIO_RULES, /etc/claudio/rules.yaml, ./rules.yaml).",
+    ),
+]
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option("--model", "-m", help="ONNX model (default: rules.yaml, then the shipped one)."),
+]
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@cli.command()
+def run(
+    rules: RulesOpt = None,
+    model: ModelOpt = None,
+    device: Annotated[
+        Optional[str], typer.Option("--device", "-d", help="Microphone name or index.")
+    ] = None,
+    input_file: Annotated[
+        Optional[Path],
+        typer.Option("--input", help="Listen to this recording (in real time) instead."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Also print events as JSON.")] = False,
+    log_level: LogOpt = "info",
+) -> None:
+    """Listen and act: the service's main command (systemd runs this)."""
+    app.setup_logging(log_level)
+    try:
+        code = app.run_service(
+            rules_path=app.find_rules(rules),
+            model_path=model,
+            device=device,
+            input_file=input_file,
+            json_out=sys.stdout if json_out else None,
+        )
+    except app.UserError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@cli.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="WAV/FLAC/OGG recording, any rate.")],
+    rules: RulesOpt = None,
+    model: ModelOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line per event.")
+    ] = False,
+    levels: Annotated[bool, typer.Option("--levels", help="Include level readings.")] = False,
+    realtime: Annotated[bool, typer.Option("--realtime", help="Pace like a microphone.")] = False,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="Send actions and events to the MQTT broker.")
+    ] = False,
+    no_classifier: Annotated[
+        bool, typer.Option("--no-classifier", help="Claps only, no sound recognition.")
+    ] = False,
+    log_level: LogOpt = "warning",
+) -> None:
+    """Run a recording through the live pipeline, as fast as possible by default."""
+    app.setup_logging(log_level)
+    try:
+        app.run_replay(
+            file,
+            rules_path=app.find_rules(rules),
+            model_path=model,
+            json_out=sys.stdout if json_out else None,
+            json_levels=levels,
+            realtime=realtime,
+            publish=publish,
+            use_classifier=not no_classifier,
+        )
+    except app.UserError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+def check(
+    rules: Annotated[Path, typer.Argument(help="The rules file to validate.")],
+    model: ModelOpt = None,
+) -> None:
+    """Validate a rules file against the model's labels without starting anything."""
+    app.setup_logging("warning")
+    try:
+        problems, summary = app.check_rules(rules, model)
+    except app.UserError as exc:
+        _fail(str(exc))
+    if problems:
+        for line in problems:
+            typer.echo(line, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{rules}: ok ({summary})")
+
+
+@cli.command()
+def devices() -> None:
+    """List microphones (input devices)."""
+    try:
+        found = app.input_devices()
+    except app.UserError as exc:
+        _fail(str(exc))
+    if not found:
+        typer.echo("no input devices found")
+        raise typer.Exit(1)
+    for d in found:
+        mark = "*" if d.is_default else " "
+        typer.echo(f"{mark} {d.index:>3}  {d.name}  ({d.channels} ch, {d.default_rate:.0f} Hz)")
+
+
+@cli.command()
+def away(
+    state: Annotated[str, typer.Argument(help="on (arm) or off (disarm).")],
+    rules: RulesOpt = None,
+) -> None:
+    """Arm or disarm AWAY mode in the running daemon (through MQTT)."""
+    app.setup_logging("warning")
+    value = state.strip().lower()
+    if value not in ("on", "off"):
+        _fail(f"AWAY state must be on or off, not {state!r}")
+    try:
+        topic = app.send_away(app.find_rules(rules), value == "on")
+    except app.UserError as exc:
+        _fail(str(exc))
+    typer.echo(f"AWAY {value}: sent to {topic}")
+
+
+@cli.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

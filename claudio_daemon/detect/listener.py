@@ -1,0 +1,129 @@
+"""The one object the daemon calls per audio block to turn audio into clap patterns.
+
+It chains detector -> grouper -> (optional) classifier veto. Audio is cut into pieces on
+the detector's frame grid (counted from the stream start) before anything is decided, so
+the patterns and their `decided_sample` are identical whatever block size the sound card
+delivers. The raw audio kept for the classifier is a short in-memory ring, never written
+anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from claudio_daemon.detect.claps import HOP, ClapCandidate, ClapDetector, _History
+from claudio_daemon.detect.patterns import PatternGrouper
+from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.detect.verify import ClapVerifier, Verdict
+from claudio_daemon.events import ClapPattern
+
+log = logging.getLogger(__name__)
+
+Classify = Callable[[np.ndarray], dict[str, float]]
+
+
+class ClapListener:
+    """`push(samples) -> list[ClapPattern]`: accepted patterns decided in this block.
+
+    `decided_sample` of a returned pattern is the stream position at which it could be
+    decided (so it includes the detector's measuring delay, an honest latency).
+    `classify` receives the pattern's audio at the model rate (first clap minus a margin
+    to the decision point, at most last clap plus a margin) and returns label scores; the
+    caller pads or trims it to the model's window.
+    """
+
+    def __init__(
+        self,
+        settings: ClapSettings,
+        sample_rate: int,
+        max_count: int,
+        classify: Classify | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self.classify = classify
+        self.detector = ClapDetector(settings, sample_rate)
+        self.grouper = PatternGrouper(settings, sample_rate, max_count)
+        self._verifier: ClapVerifier | None = None
+        self.set_max_count(max_count)
+        self.candidates: list[ClapCandidate] = []
+        #: Patterns the classifier rejected, with the reason (kept for logs and tests).
+        self.rejected: list[tuple[ClapPattern, Verdict]] = []
+        self.reset()
+
+    def set_max_count(self, n: int) -> None:
+        self.grouper.set_max_count(n)
+        s = self.settings
+        span = n * s.max_gap_s + s.end_silence_s + 2 * s.classify_margin_s + 1.0
+        self._keep = int(span * self.sample_rate)
+
+    def reset(self) -> None:
+        self.detector.reset()
+        self.grouper.reset()
+        self.ring = _History(self._keep)
+        self.position = 0
+        self.candidates = []
+        self.rejected = []
+
+    @property
+    def noise_floor_db(self) -> float:
+        return self.detector.noise_floor_db
+
+    def push(self, samples: np.ndarray) -> list[ClapPattern]:
+        if not self.settings.enabled:
+            return []
+        x = np.asarray(samples, dtype=np.float64).reshape(-1)
+        if self.ring.keep != self._keep:
+            old = self.ring
+            self.ring = _History(self._keep)
+            self.ring.start = old.start
+            self.ring.data = old.data
+        out: list[ClapPattern] = []
+        i = 0
+        while i < x.size:
+            n = min(x.size - i, HOP - self.position % HOP)
+            piece = x[i : i + n]
+            i += n
+            self.ring.append(piece)
+            self.position += n
+            for cand in self.detector.push(piece):
+                self.candidates.append(cand)
+                if len(self.candidates) > 256:
+                    del self.candidates[:128]
+                if cand.is_clap:
+                    out.extend(self._decide(self.grouper.push_clap(cand.to_clap())))
+            out.extend(self._decide(self.grouper.advance(self.detector.settled_sample)))
+        return out
+
+    def _decide(self, patterns: list[ClapPattern]) -> list[ClapPattern]:
+        accepted = []
+        for p in patterns:
+            p = dataclasses.replace(p, decided_sample=self.position)
+            verdict = self._verify(p)
+            if verdict.accepted:
+                accepted.append(p)
+            else:
+                log.info("clap pattern of %d rejected: %s", p.count, verdict.reason)
+                self.rejected.append((p, verdict))
+                if len(self.rejected) > 64:
+                    del self.rejected[:32]
+        return accepted
+
+    def segment(self, pattern: ClapPattern) -> np.ndarray:
+        """The pattern's audio from the in-memory ring (what `classify` receives)."""
+        margin = int(self.settings.classify_margin_s * self.sample_rate)
+        a = max(self.ring.start, pattern.clap_samples[0] - margin)
+        b = min(self.position, pattern.clap_samples[-1] + margin)
+        return self.ring.get(a, max(a + 1, b))
+
+    def _verify(self, pattern: ClapPattern) -> Verdict:
+        if self.classify is None or not self.settings.confirm_with_classifier:
+            return Verdict(True, "no classifier")
+        scores = self.classify(self.segment(pattern))
+        if self._verifier is None:
+            self._verifier = ClapVerifier(scores.keys(), self.settings)
+        return self._verifier.verify(scores)

@@ -1,0 +1,157 @@
+"""Groups accepted claps into patterns ("two claps", "three claps") and rejects applause.
+
+Rules, all in samples so a replay gives the same answer as a live run:
+
+* Claps of one pattern are about equally loud. A transient more than `level_range_db`
+  quieter than the loudest clap of the current group (or of the applause being ignored)
+  is background (crickets, a ticking clock, typing) and is ignored; one that much louder
+  than everything in the group wipes the group (or the applause state) and starts anew.
+  Without this, a steady stream of quiet clap-like ticks would look like applause and
+  mute real claps.
+* A clap closer than `min_gap_s` to the previous one is an echo or a flam: ignored.
+* A gap longer than `max_gap_s`, or `end_silence_s` without a clap, ends the group; the
+  finished group becomes a `ClapPattern` with its count.
+* More claps in one group than the largest count any rule uses (`max_count`) is
+  applause or rhythmic clapping, never a command: the group is dropped and every clap is
+  ignored until `applause_quiet_s` has passed without one.
+* A group that starts within `max_gap_s` of the last clap of a pattern just emitted is a
+  continuation of that clapping, not a new command: it is treated as applause too.
+
+Deciding at the largest count versus applause: a group that reaches `max_count` can only
+grow into applause, so waiting the full end silence is pointless, but deciding at the very
+clap would fire on the first claps of every applause. The grouper therefore waits a short
+guard derived from the group's own rhythm: `max_count_guard_factor` times its longest gap
+(at least `max_count_guard_min_s`, at most `end_silence_s`). People who clap a command
+stop; applause keeps the rhythm, so its next clap falls inside the guard and turns the
+group into applause. With gaps of 0.2-0.7 s this decides 0.26-0.9 s after the last clap
+instead of always `end_silence_s`.
+"""
+
+from __future__ import annotations
+
+from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.events import Clap, ClapPattern
+
+
+class PatternGrouper:
+    """Feed claps in time order with `push_clap`; call `advance` as time passes."""
+
+    def __init__(self, settings: ClapSettings, sample_rate: int, max_count: int) -> None:
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self._min_gap = int(round(settings.min_gap_s * sample_rate))
+        self._max_gap = int(round(settings.max_gap_s * sample_rate))
+        self._end_silence = int(round(settings.end_silence_s * sample_rate))
+        self._quiet = int(round(settings.applause_quiet_s * sample_rate))
+        self.set_max_count(max_count)
+        self.reset()
+
+    def reset(self) -> None:
+        self._group: list[Clap] = []
+        self._applause_last: int | None = None
+        self._applause_level = -200.0
+        self._emitted_last: int | None = None
+        self._emitted_level = -200.0
+
+    def set_max_count(self, n: int) -> None:
+        """The largest clap count any rule uses (the rules may change at run time)."""
+        if n < 1:
+            raise ValueError(f"max_count must be at least 1, got {n}")
+        self.max_count = int(n)
+
+    @property
+    def in_applause(self) -> bool:
+        return self._applause_last is not None
+
+    @property
+    def pending(self) -> tuple[Clap, ...]:
+        return tuple(self._group)
+
+    def deadline(self) -> int | None:
+        """Sample at which the pending group will be decided if no clap arrives."""
+        if not self._group:
+            return None
+        last = self._group[-1].sample
+        if len(self._group) >= self.max_count:
+            return last + self._guard()
+        return last + self._end_silence
+
+    def _guard(self) -> int:
+        s = self.settings
+        samples = [c.sample for c in self._group]
+        gaps = [b - a for a, b in zip(samples, samples[1:])]
+        if not gaps:
+            return self._end_silence
+        guard = s.max_count_guard_factor * max(gaps)
+        guard = max(guard, s.max_count_guard_min_s * self.sample_rate)
+        return int(min(guard, self._end_silence))
+
+    def _start_applause(self, clap: Clap, level: float) -> None:
+        self._group = []
+        self._applause_last = clap.sample
+        self._applause_level = max(level, clap.level_db)
+
+    def push_clap(self, clap: Clap) -> list[ClapPattern]:
+        out = self.advance(clap.sample)
+        span = self.settings.level_range_db
+        if self._applause_last is not None:
+            if clap.level_db < self._applause_level - span:
+                return out  # background tick during applause
+            if clap.level_db <= self._applause_level + span:
+                self._applause_last = clap.sample
+                self._applause_level = max(self._applause_level, clap.level_db)
+                return out
+            self._applause_last = None  # far louder than the "applause": a real clap
+        if not self._group:
+            if (
+                self._emitted_last is not None
+                and clap.sample - self._emitted_last <= self._max_gap
+                and clap.level_db >= self._emitted_level - span
+            ):
+                self._start_applause(clap, self._emitted_level)  # clapping went on
+                return out
+            self._group = [clap]
+            return out
+        loudest = max(c.level_db for c in self._group)
+        if clap.level_db < loudest - span:
+            return out
+        if clap.level_db > loudest + span:
+            self._group = [clap]  # what we were collecting was background
+            return out
+        gap = clap.sample - self._group[-1].sample
+        if gap < self._min_gap:
+            return out
+        if gap > self._max_gap:
+            out.extend(self._finish(clap.sample))
+            self._group = [clap]
+            return out
+        self._group.append(clap)
+        if len(self._group) > self.max_count:
+            self._start_applause(clap, loudest)
+        return out
+
+    def advance(self, now_sample: int) -> list[ClapPattern]:
+        """Decide what `now_sample` (all claps before it have been pushed) settles."""
+        if self._applause_last is not None and now_sample - self._applause_last >= self._quiet:
+            self._applause_last = None
+        if self._emitted_last is not None and now_sample - self._emitted_last > self._max_gap:
+            self._emitted_last = None
+        deadline = self.deadline()
+        if deadline is not None and now_sample >= deadline:
+            return self._finish(now_sample)
+        return []
+
+    def _finish(self, now_sample: int) -> list[ClapPattern]:
+        group, self._group = self._group, []
+        if not group or len(group) > self.max_count:
+            return []
+        self._emitted_last = group[-1].sample
+        self._emitted_level = max(c.level_db for c in group)
+        return [
+            ClapPattern(
+                count=len(group),
+                clap_samples=tuple(c.sample for c in group),
+                decided_sample=int(now_sample),
+                level_db=float(sum(c.level_db for c in group) / len(group)),
+            )
+        ]

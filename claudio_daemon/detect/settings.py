@@ -1,0 +1,199 @@
+"""User-facing clap detector settings (the `claps:` section of the daemon config).
+
+Defaults come from measurements on real ESC-50 clapping, knock, footstep and click clips
+(see `claudio_daemon.detect.claps`), with margins rather than tight fits, so a calibration
+file (`claudio_daemon.calibrate.model`) is an improvement, not a requirement.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from claudio_daemon.config_base import StrictModel
+
+DEFAULT_VETO_LABELS: tuple[str, ...] = (
+    "door_wood_knock",
+    "footsteps",
+    "mouse_click",
+    "keyboard_typing",
+    "clock_tick",
+    "glass_breaking",
+    "can_opening",
+)
+
+
+class ClapSettings(StrictModel):
+    """How a transient becomes a clap, and claps become a pattern."""
+
+    enabled: bool = Field(True, description="Detect clap patterns at all.")
+
+    # --- onset detection -------------------------------------------------------------
+    onset_threshold_db: float = Field(
+        14.0,
+        ge=3.0,
+        le=60.0,
+        description="A frame must be this many dB above the adaptive noise floor to start a clap.",
+    )
+    min_level_db: float = Field(
+        -45.0,
+        ge=-120.0,
+        le=0.0,
+        description="Absolute floor (dBFS, peak-window energy of the high-passed signal): "
+        "quieter transients are ignored whatever the noise floor.",
+    )
+    highpass_hz: float = Field(
+        300.0,
+        ge=20.0,
+        le=4000.0,
+        description="Corner of the high-pass filter applied before onset detection; removes "
+        "hum, rumble and most footstep energy.",
+    )
+    noise_floor_time_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=60.0,
+        description="Time constant with which the noise floor follows a rising background "
+        "(it follows a falling one faster); steady rain or a vacuum cleaner is absorbed.",
+    )
+    refractory_s: float = Field(
+        0.09,
+        ge=0.02,
+        le=0.5,
+        description="After an onset, no new onset for this long: one clap's reverberation "
+        "is not a second clap.",
+    )
+
+    # --- transient shape ---------------------------------------------------------------
+    max_rise_ms: float = Field(
+        12.0,
+        ge=0.5,
+        le=100.0,
+        description="Longest time from onset to peak; claps reach their peak within a few ms.",
+    )
+    max_decay_ms: float = Field(
+        200.0,
+        ge=5.0,
+        le=1000.0,
+        description="Longest time from the peak until the envelope has fallen 20 dB "
+        "(or to 6 dB above the background just before the onset); "
+        "longer sounds (speech, a bell, glass) are not claps.",
+    )
+    min_high_ratio_db: float = Field(
+        -10.0,
+        ge=-60.0,
+        le=30.0,
+        description="Energy above 1.5 kHz relative to energy in 100-1,500 Hz over the first "
+        "20 ms (dB). Claps are broadband; knocks and footsteps are dominated by low body "
+        "resonance.",
+    )
+    min_centroid_hz: float = Field(
+        1000.0,
+        ge=0.0,
+        le=10000.0,
+        description="Lowest spectral centroid of the first 20 ms of the transient.",
+    )
+    min_score: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Lowest shape score (0..1) for a transient to count as a clap.",
+    )
+
+    # --- grouping ----------------------------------------------------------------------
+    min_gap_s: float = Field(
+        0.12,
+        ge=0.03,
+        le=2.0,
+        description="Claps closer than this are one clap's echo or a flam, not two claps.",
+    )
+    max_gap_s: float = Field(
+        0.9,
+        ge=0.1,
+        le=5.0,
+        description="A longer gap ends the pattern (the next clap starts a new one).",
+    )
+    end_silence_s: float = Field(
+        0.9,
+        ge=0.1,
+        le=5.0,
+        description="Silence after the last clap that finishes a pattern below the largest "
+        "count any rule uses.",
+    )
+    max_count_guard_factor: float = Field(
+        1.3,
+        ge=0.5,
+        le=5.0,
+        description="At the largest count a rule uses, wait only this many times the "
+        "pattern's longest gap (not the full end silence) for a further clap; a further "
+        "clap means applause.",
+    )
+    max_count_guard_min_s: float = Field(
+        0.25,
+        ge=0.0,
+        le=5.0,
+        description="Shortest max-count guard wait (seconds).",
+    )
+    level_range_db: float = Field(
+        12.0,
+        ge=3.0,
+        le=60.0,
+        description="Claps of one pattern are about equally loud: a transient this much "
+        "quieter than the loudest clap of the current group is background (crickets, a "
+        "ticking clock) and is ignored; one this much louder starts a new group.",
+    )
+    applause_quiet_s: float = Field(
+        1.5,
+        ge=0.2,
+        le=30.0,
+        description="After continuous clapping (more claps than any rule uses), ignore "
+        "claps until this long has passed without one.",
+    )
+    # --- classifier confirmation -------------------------------------------------------
+    confirm_with_classifier: bool = Field(
+        True,
+        description="Ask the sound classifier about each pattern's audio and reject it when "
+        "a veto label clearly wins over 'clapping'.",
+    )
+    clap_label: str = Field(
+        "clapping",
+        min_length=1,
+        max_length=100,
+        description="The classifier label that means hand claps.",
+    )
+    veto_labels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_VETO_LABELS),
+        max_length=100,
+        description="Labels that, when they beat the clap label by veto_margin, reject a pattern.",
+    )
+    veto_margin: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="How much higher (probability) a veto label must score than the clap "
+        "label to reject the pattern.",
+    )
+    veto_min_score: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="A veto label must also score at least this much to reject.",
+    )
+    classify_margin_s: float = Field(
+        0.3,
+        ge=0.0,
+        le=5.0,
+        description="Audio before the first and after the last clap handed to the classifier.",
+    )
+
+    @model_validator(mode="after")
+    def _check_gaps(self) -> ClapSettings:
+        if self.min_gap_s >= self.max_gap_s:
+            raise ValueError(
+                f"min_gap_s ({self.min_gap_s}) must be smaller than max_gap_s ({self.max_gap_s})"
+            )
+        if self.end_silence_s < self.min_gap_s:
+            raise ValueError(
+                f"end_silence_s ({self.end_silence_s}) must be at least "
+                f"min_gap_s ({self.min_gap_s})"
+            )
+        return self

@@ -1,0 +1,67 @@
+"""Second opinion from the sound classifier on a finished clap pattern.
+
+The transient shape cannot tell every knock, click or footstep from a clap (on ESC-50
+many mouse clicks and heel steps are as sharp and bright as claps), but the classifier
+hears the whole pattern in context. It only vetoes: a pattern is rejected when a veto
+label clearly beats "clapping", never accepted because of the classifier alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from claudio_daemon.detect.settings import ClapSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    #: Human-readable reason, e.g. "door_wood_knock 0.81 > clapping 0.12".
+    reason: str
+    clap_score: float | None = None
+    veto_label: str | None = None
+    veto_score: float | None = None
+
+
+class ClapVerifier:
+    """Accept or reject a pattern from classifier scores (label -> probability)."""
+
+    def __init__(self, labels: Iterable[str], settings: ClapSettings) -> None:
+        self.settings = settings
+        self.labels = tuple(labels)
+        self.veto_labels = tuple(v for v in settings.veto_labels if v in self.labels)
+        self.active = settings.confirm_with_classifier and settings.clap_label in self.labels
+        if settings.confirm_with_classifier and not self.active:
+            log.warning(
+                "clap confirmation off: the model has no %r label", settings.clap_label
+            )
+
+    def verify(self, scores: Mapping[str, float]) -> Verdict:
+        s = self.settings
+        if not self.active:
+            return Verdict(True, "classifier confirmation inactive")
+        clap = float(scores.get(s.clap_label, 0.0))
+        best_label, best = None, -1.0
+        for label in self.veto_labels:
+            value = float(scores.get(label, 0.0))
+            if value > best:
+                best_label, best = label, value
+        if best_label is not None and best >= s.veto_min_score and best - clap >= s.veto_margin:
+            return Verdict(
+                False,
+                f"{best_label} {best:.2f} > {s.clap_label} {clap:.2f}",
+                clap_score=clap,
+                veto_label=best_label,
+                veto_score=best,
+            )
+        return Verdict(
+            True,
+            f"{s.clap_label} {clap:.2f}",
+            clap_score=clap,
+            veto_label=best_label,
+            veto_score=best if best_label is not None else None,
+        )

@@ -1,0 +1,593 @@
+"""The daemon's only MQTT client: publishes commands and events, receives AWAY commands.
+
+Threads and locks
+-----------------
+* Callers (the audio/rules thread) only append to a bounded outbox under a short lock and
+  return: nothing here blocks on the network.
+* A small sender thread moves outbox entries into paho (it is the only code that calls
+  `client.publish` for outbox entries) and matches broker acknowledgements to entries.
+* paho's network thread (`loop_start`) runs the callbacks. They never take the outbox lock
+  (paho holds its own locks while calling them, so taking ours could deadlock); they only
+  set flags, append to a deque and wake the sender.
+* `on_command` is called from paho's thread: hand the command to a queue and return.
+
+Delivery: at-least-once, in order
+---------------------------------
+An entry leaves the outbox only when the broker acknowledges it (PUBACK for QoS 1), so a
+broker restart or network outage loses nothing: entries wait, bounded by `queue_max`, and
+go out after the reconnect. At most `_WINDOW` entries are in flight. paho re-sends its own
+in-flight messages right after a reconnect; new entries wait until those are acknowledged,
+which keeps the order. Should paho not re-send them within `resend_grace_s`, the sender
+publishes them again itself. A message whose acknowledgement was lost is therefore sent
+twice: receivers may see duplicates (a TOGGLE twice is possible after a broker crash), never
+gaps. When the outbox is full the oldest level readings go first, then events, then
+alerts/state; commands are dropped only when nothing else is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import ssl
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from claudio_daemon.events import (
+    Action,
+    Alert,
+    ClapPattern,
+    Event,
+    LevelReading,
+    SoundEvent,
+    to_dict,
+)
+from claudio_daemon.mqtt.commands import CommandError, RemoteCommand, describe_payload, parse_away
+from claudio_daemon.mqtt.settings import MqttSettings
+from claudio_daemon.mqtt.topics import OFFLINE, ONLINE, STATE_OFF, STATE_ON, Topics, clap_event_type
+
+log = logging.getLogger(__name__)
+
+ClientFactory = Callable[[MqttSettings], mqtt.Client]
+CommandHandler = Callable[[RemoteCommand], None]
+
+#: Most outbox entries handed to paho and not yet acknowledged.
+_WINDOW = 20
+#: How often the sender looks at the outbox without being woken (safety net).
+_TICK_S = 0.5
+#: Log one "dropped" warning per this many dropped non-command messages.
+_DROP_LOG_EVERY = 100
+
+
+class Priority(IntEnum):
+    """What to sacrifice first when the outbox overflows (lowest first)."""
+
+    LEVEL = 0
+    EVENT = 1
+    STATE = 2
+    COMMAND = 3
+
+
+@dataclass
+class _Entry:
+    topic: str
+    payload: bytes
+    retain: bool
+    priority: Priority
+    #: A newer entry with the same key replaces an unsent older one (latest state wins).
+    key: str | None = None
+    #: paho message id once handed over; None while waiting in the outbox.
+    mid: int | None = None
+    #: Connection generation when handed over: older means paho must re-send it.
+    generation: int = 0
+
+
+def default_client_factory(settings: MqttSettings) -> mqtt.Client:
+    """A plain paho v2 client; tests and special transports can pass their own factory."""
+    if settings.protocol == "5":
+        return mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+    # A clean session is enough: the outbox, not the broker, keeps what we still owe.
+    return mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id,
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )
+
+
+def _valid_publish_topic(topic: str) -> bool:
+    return (
+        bool(topic)
+        and "+" not in topic
+        and "#" not in topic
+        and "\x00" not in topic
+        and len(topic.encode("utf-8")) <= 65535
+    )
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/Infinity (silence can be -inf dBFS): map them to null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+class MqttPublisher:
+    """Publishes Claudio's commands, events and state; receives AWAY commands.
+
+    `start()` returns at once (connect_async + loop_start); `connected` becomes true only
+    after the broker accepted the connection. Every `publish_*`/`send_action` call only
+    queues, so it is safe from the audio thread.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        on_command: CommandHandler | None = None,
+        client_factory: ClientFactory | None = None,
+        sample_rate: int = 22050,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix, settings.discovery.prefix)
+        self.sample_rate = sample_rate
+        #: Seconds after a reconnect before un-acknowledged entries are re-sent by us.
+        self.resend_grace_s = 5.0
+        self._on_command = on_command
+        self._factory = client_factory or default_client_factory
+        self._window = max(1, min(_WINDOW, settings.queue_max // 2))
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._outbox: OrderedDict[int, _Entry] = OrderedDict()
+        self._inflight: dict[int, _Entry] = {}
+        self._seq = itertools.count()
+        self._dropped = 0
+        self._closed = False
+        self._discovery: list[tuple[str, dict[str, Any]]] = []
+        self._away: bool | None = None
+        self._warned_retain = False
+
+        # Written by paho's thread, read by the sender (single writes: no lock needed).
+        self._acks: deque[tuple[int, Any]] = deque()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._generation = 0
+        self._connected_at = 0.0
+        self._connect_work = False
+        self._discovery_due = False
+        self._stopping = False
+        self._reported_unreachable = False
+
+        self._client: mqtt.Client | None = None
+        self._sender: threading.Thread | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """True only between an accepted CONNACK and the next disconnect."""
+        return self._connected.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Entries not yet acknowledged by the broker (queued or in flight)."""
+        with self._lock:
+            return len(self._outbox)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker confirmed the command subscriptions of this connection."""
+        return self._subscribed.wait(timeout)
+
+    def start(self) -> None:
+        """Configure the client and connect in the background; never blocks on the network.
+
+        Raises ValueError for configuration problems found now (missing password, TLS files).
+        """
+        if self._client is not None:
+            raise RuntimeError("MqttPublisher.start() called twice")
+        s = self.settings
+        client = self._factory(s)
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_publish = self._handle_publish
+        client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
+        client.will_set(self.topics.available, OFFLINE, qos=s.qos, retain=True)
+        if s.username:
+            client.username_pw_set(s.username, s.password())
+        if s.tls.enabled:
+            for name in ("ca_file", "cert_file", "key_file"):
+                path = getattr(s.tls, name)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"mqtt.tls.{name}: {path} does not exist")
+            client.tls_set(
+                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
+                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if s.tls.insecure:
+                log.warning("mqtt.tls.insecure: broker host name is not verified")
+                client.tls_insecure_set(True)
+        client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(self._window)
+        self._client = client
+        self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        log.info(
+            "MQTT: connecting to %s:%d as %s%s",
+            s.host,
+            s.port,
+            s.client_id,
+            " (TLS)" if s.tls.enabled else "",
+        )
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged everything queued; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._outbox:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, _TICK_S))
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (up to `timeout`), say "offline", disconnect cleanly."""
+        client = self._client
+        if client is None or self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        delivered = self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            left = list(self._outbox.values())
+        if not delivered:
+            commands = sum(e.priority is Priority.COMMAND for e in left)
+            if commands:
+                log.error("MQTT: stopping with %d undelivered command(s) lost", commands)
+            log.warning("MQTT: stopping with %d undelivered message(s)", len(left))
+        self._stopping = True
+        if self.connected:
+            try:
+                info = client.publish(self.topics.available, OFFLINE, self.settings.qos, True)
+                info.wait_for_publish(max(0.5, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as e:
+                log.warning("MQTT: could not publish offline state: %s", e)
+        client.disconnect()
+        client.loop_stop()
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout=2.0)
+        self._connected.clear()
+        log.info("MQTT: disconnected")
+
+    def __enter__(self) -> MqttPublisher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------- outgoing
+
+    def send_action(self, action: Action) -> None:
+        """Queue a device command on the appliance's own topic (never retained)."""
+        if action.retain and not self._warned_retain:
+            self._warned_retain = True
+            log.warning(
+                "MQTT: device commands are never retained (a retained TOGGLE would replay on "
+                "every reconnect); ignoring retain for %s",
+                action.topic,
+            )
+        self._enqueue(action.topic, action.payload.encode("utf-8"), Priority.COMMAND)
+
+    def publish_event(self, event: Event) -> None:
+        """Every clap pattern or sound as JSON on <prefix>/event, plus the HA event topics."""
+        self._enqueue(self.topics.event, self._event_json(event), Priority.EVENT)
+        if isinstance(event, ClapPattern):
+            ha = {"event_type": clap_event_type(event.count), "count": event.count}
+            self._enqueue(self.topics.claps, _json(ha), Priority.EVENT)
+        elif isinstance(event, SoundEvent):
+            ha = {"event_type": event.label, "score": round(event.score, 4)}
+            self._enqueue(self.topics.sound, _json(ha), Priority.EVENT)
+
+    def publish_alert(self, alert: Alert) -> None:
+        self._enqueue(self.topics.alert, self._event_json(alert), Priority.STATE)
+
+    def publish_level(self, reading: LevelReading) -> None:
+        """The level as a bare dBFS number (HA sensor state); only the latest is kept queued."""
+        if not math.isfinite(reading.level_db):
+            return
+        payload = f"{reading.level_db:.1f}".encode()
+        self._enqueue(self.topics.level, payload, Priority.LEVEL, key="level")
+
+    def publish_away_state(self, away: bool) -> None:
+        """Retained ON/OFF; re-published after every reconnect."""
+        self._away = away
+        self._enqueue_away(away)
+
+    def publish_discovery(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Retained HA discovery configs; re-sent on reconnect and when HA comes online."""
+        self._discovery = list(messages)
+        self._enqueue_discovery()
+
+    def _event_json(self, event: Event) -> bytes:
+        data = to_dict(event, self.sample_rate)
+        data["ts"] = _now_iso()
+        return _json(data)
+
+    def _enqueue_away(self, away: bool) -> None:
+        payload = (STATE_ON if away else STATE_OFF).encode()
+        self._enqueue(self.topics.away_state, payload, Priority.STATE, retain=True, key="away")
+
+    def _enqueue_discovery(self) -> None:
+        with self._lock:
+            self._enqueue_discovery_locked()
+        self._wake.set()
+
+    def _enqueue(
+        self,
+        topic: str,
+        payload: bytes,
+        priority: Priority,
+        *,
+        retain: bool = False,
+        key: str | None = None,
+    ) -> None:
+        if not _valid_publish_topic(topic):
+            log.error("MQTT: refusing to publish to invalid topic %r", topic)
+            return
+        with self._lock:
+            if self._closed:
+                log.warning("MQTT: publisher stopped; not sending to %s", topic)
+                return
+            self._put_locked(topic, payload, priority, retain, key)
+        self._wake.set()
+
+    def _make_room(self, new: _Entry) -> bool:
+        """Drop one message to fit `new`; False when `new` itself is the one to drop."""
+        victim_seq: int | None = None
+        victim: _Entry | None = None
+        for seq, e in self._outbox.items():  # oldest first: the first of the lowest priority
+            if e.mid is None and (victim is None or e.priority < victim.priority):
+                victim_seq, victim = seq, e
+        if victim is None or victim.priority > new.priority:
+            victim_seq, victim = None, new
+        if victim_seq is not None:
+            del self._outbox[victim_seq]
+        if victim.priority is Priority.COMMAND:
+            log.error(
+                "MQTT: outbox full (%d); dropped command %s %s",
+                self.settings.queue_max,
+                victim.topic,
+                describe_payload(victim.payload),
+            )
+        else:
+            if self._dropped % _DROP_LOG_EVERY == 0:
+                log.warning(
+                    "MQTT: outbox full (%d, broker unreachable?); dropping oldest %s messages "
+                    "(%d dropped so far)",
+                    self.settings.queue_max,
+                    victim.priority.name.lower(),
+                    self._dropped + 1,
+                )
+            self._dropped += 1
+        return victim is not new
+
+    # --------------------------------------------------------------------- sender
+
+    def _run_sender(self) -> None:
+        while True:
+            self._wake.wait(_TICK_S)
+            self._wake.clear()
+            with self._changed:
+                try:
+                    self._pump()
+                except Exception:  # keep delivering whatever one bad entry did
+                    log.exception("MQTT: sender error")
+                self._changed.notify_all()
+                if self._stopping and self._closed:
+                    return
+
+    def _pump(self) -> None:
+        """Match acknowledgements, then hand the next entries to paho (lock held)."""
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue  # availability messages, or an entry already re-sent
+            if getattr(reason, "is_failure", False):
+                log.error("MQTT: broker refused message on %s: %s", entry.topic, reason)
+            for seq, e in self._outbox.items():
+                if e is entry:
+                    del self._outbox[seq]
+                    break
+        if self._connect_work:
+            self._connect_work = False
+            self._enqueue_after_connect()
+        if self._discovery_due:
+            self._discovery_due = False
+            self._enqueue_discovery_locked()
+        if not self._connected.is_set() or self._client is None or self._stopping:
+            return
+        stale = [e for e in self._inflight.values() if e.generation < self._generation]
+        if stale:
+            if time.monotonic() - self._connected_at < self.resend_grace_s:
+                return  # paho is re-sending them; newer entries must wait to keep order
+            log.warning("MQTT: re-sending %d unacknowledged message(s)", len(stale))
+            for e in stale:
+                self._inflight.pop(e.mid or -1, None)
+                e.mid = None
+        self._send_ready()
+
+    def _send_ready(self) -> None:
+        assert self._client is not None
+        room = self._window - len(self._inflight)
+        for e in list(self._outbox.values()):
+            if room <= 0:
+                return
+            if e.mid is not None:
+                continue
+            try:
+                info = self._client.publish(e.topic, e.payload, self.settings.qos, e.retain)
+            except ValueError as err:  # invalid topic/payload: it can never succeed
+                log.error("MQTT: cannot publish to %r: %s", e.topic, err)
+                self._remove(e)
+                continue
+            if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE or (
+                info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self.settings.qos == 0
+            ):
+                return  # not taken by paho; try again on the next wake-up
+            # NO_CONN with QoS > 0: paho keeps the message and sends it after reconnecting.
+            e.mid = info.mid
+            e.generation = self._generation
+            self._inflight[info.mid] = e
+            room -= 1
+
+    def _remove(self, entry: _Entry) -> None:
+        for seq, e in self._outbox.items():
+            if e is entry:
+                del self._outbox[seq]
+                return
+
+    def _enqueue_after_connect(self) -> None:
+        """Re-assert retained state in case the broker lost it (lock held)."""
+        self._enqueue_discovery_locked()
+        if self._away is not None:
+            payload = (STATE_ON if self._away else STATE_OFF).encode()
+            self._put_locked(self.topics.away_state, payload, Priority.STATE, True, "away")
+
+    def _enqueue_discovery_locked(self) -> None:
+        for topic, config in self._discovery:
+            self._put_locked(topic, _json(config), Priority.STATE, True, topic)
+
+    def _put_locked(
+        self, topic: str, payload: bytes, priority: Priority, retain: bool, key: str | None
+    ) -> None:
+        if key is not None:
+            for seq, e in list(self._outbox.items()):
+                if e.key == key and e.mid is None:
+                    del self._outbox[seq]
+        entry = _Entry(topic, payload, retain, priority, key)
+        if len(self._outbox) >= self.settings.queue_max and not self._make_room(entry):
+            return
+        self._outbox[next(self._seq)] = entry
+
+    # ------------------------------------------------------------ paho callbacks
+    # These run on paho's network thread and must not take self._lock (see module doc).
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        s = self.settings
+        if reason.is_failure:
+            self._connected.clear()
+            log.error("MQTT: broker %s:%d refused the connection: %s", s.host, s.port, reason)
+            return
+        self._generation += 1
+        self._connected_at = time.monotonic()
+        self._reported_unreachable = False
+        client.publish(self.topics.available, ONLINE, s.qos, retain=True)
+        subs = [(self.topics.away_set, 1)]
+        if s.discovery.enabled:
+            subs.append((self.topics.ha_status, 1))
+        client.subscribe(subs)
+        self._connect_work = True
+        self._connected.set()
+        self._wake.set()
+        log.info("MQTT: connected to %s:%d", s.host, s.port)
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._reported_unreachable:
+            self._reported_unreachable = True
+            log.warning(
+                "MQTT: cannot reach broker %s:%d; retrying (queued messages are kept)",
+                self.settings.host,
+                self.settings.port,
+            )
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        self._subscribed.clear()
+        self._wake.set()
+        if was_connected and not self._stopping:
+            log.warning("MQTT: connection lost (%s); reconnecting", reason)
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if refused:
+            log.error("MQTT: broker refused subscription(s): %s", ", ".join(map(str, refused)))
+        else:
+            self._subscribed.set()
+
+    def _handle_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._acks.append((mid, reason))
+        self._wake.set()
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            log.warning("MQTT: ignored message with an invalid topic")
+            return
+        payload = bytes(msg.payload)
+        if topic == self.topics.away_set:
+            try:
+                command = parse_away(payload, topic, retained=bool(msg.retain))
+            except CommandError as e:
+                shown = describe_payload(payload)
+                log.warning("MQTT: ignored command on %s: %s; payload %s", topic, e, shown)
+                return
+            log.info("MQTT: command away=%s from %s", command.value, topic)
+            if self._on_command is not None:
+                try:
+                    self._on_command(command)
+                except Exception:
+                    log.exception("MQTT: on_command handler failed")
+        elif topic == self.topics.ha_status and payload.strip().lower() == ONLINE.encode():
+            log.info("MQTT: Home Assistant is online; re-sending discovery")
+            self._discovery_due = True
+            self._wake.set()

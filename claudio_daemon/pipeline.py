@@ -1,0 +1,182 @@
+"""Audio blocks in, events out: the same code for a live microphone, a replay and the benchmark.
+
+Nothing here does I/O or reads a clock other than the sample counter (time-of-day windows
+ask the injected clock, inside the rule engine). Work is gated from cheap to expensive:
+every block updates the level meter, the mel buffer and the clap detector (a few FFTs);
+the classifier runs only while the level gate says something is sounding.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from claudio_daemon.calibrate.model import Calibration, apply_calibration
+from claudio_daemon.detect.activity import ActivityGate
+from claudio_daemon.detect.listener import ClapListener
+from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.events import Action, Event, LevelReading, SoundEvent
+from claudio_daemon.features.frontend import FrontEndConfig
+from claudio_daemon.features.logmel import StreamingLogMel
+from claudio_daemon.model.classifier import OnnxClassifier
+from claudio_daemon.rules.engine import RuleEngine
+from claudio_daemon.rules.schema import RulesFile
+
+log = logging.getLogger(__name__)
+
+#: A level reading is reported (MQTT sensor, --json with --levels) this often.
+LEVEL_REPORT_S = 5.0
+
+
+@dataclass
+class PipelineStats:
+    """Counters for the service status line and the benchmark."""
+
+    samples: int = 0
+    classifications: int = 0
+    patterns: int = 0
+    sounds: int = 0
+    actions: int = 0
+
+
+class Pipeline:
+    """Turns model-rate audio into events (claps, sounds, levels) and rule decisions."""
+
+    def __init__(
+        self,
+        rules: RulesFile,
+        classifier: OnnxClassifier | None,
+        *,
+        calibration: Calibration | None = None,
+        frontend: FrontEndConfig | None = None,
+        clock: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.classifier = classifier
+        self.calibration = calibration
+        cfg = classifier.frontend if classifier is not None else (frontend or FrontEndConfig())
+        self.cfg = cfg
+        self.sample_rate = cfg.sample_rate
+        self.stats = PipelineStats()
+        self.mel = StreamingLogMel(cfg) if classifier is not None else None
+        self.gate = ActivityGate(
+            cfg.sample_rate,
+            initial_floor_db=calibration.noise_floor_db if calibration is not None else None,
+        )
+        self.engine = RuleEngine(rules, cfg.sample_rate, clock=clock)
+        self.claps = ClapListener(
+            self._clap_settings(rules.claps),
+            cfg.sample_rate,
+            max_count=rules.max_clap_count(),
+            classify=classifier.classify_audio if classifier is not None else None,
+        )
+        self._set_thresholds(rules)
+        self._last_classified = -(10**12)
+        self._last_reported: dict[str, int] = {}
+        self._last_level_report = -(10**12)
+        self._level_db = -120.0
+        self._floor_db = -120.0
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def rules(self) -> RulesFile:
+        return self.engine.rules
+
+    def _clap_settings(self, settings: ClapSettings) -> ClapSettings:
+        if self.calibration is None:
+            return settings
+        return apply_calibration(settings, self.calibration)
+
+    def _set_thresholds(self, rules: RulesFile) -> None:
+        """Lowest score at which each label is worth reporting: a rule or AWAY mode may ask
+        for less than the default threshold."""
+        labels = self.classifier.labels if self.classifier is not None else ()
+        thresholds = {label: rules.sounds.threshold(label) for label in labels}
+        for trig in rules.triggers:
+            if trig.enabled and trig.sound in thresholds and trig.min_score is not None:
+                thresholds[trig.sound] = min(thresholds[trig.sound], trig.min_score)
+        for label in labels:
+            if rules.away.counts(label):
+                thresholds[label] = min(thresholds[label], rules.away.min_score)
+        self._thresholds = thresholds
+
+    def replace_rules(self, rules: RulesFile) -> None:
+        """Live reload: keeps AWAY state, cooldowns, and the detector's noise floor."""
+        self.engine.replace_rules(rules)
+        self.claps.set_max_count(rules.max_clap_count())
+        self._set_thresholds(rules)
+        if rules.claps != self.claps.settings:
+            # Detector parameters changed: a fresh detector, since its state depends on them.
+            self.claps = ClapListener(
+                self._clap_settings(rules.claps),
+                self.sample_rate,
+                max_count=rules.max_clap_count(),
+                classify=self.claps.classify,
+            )
+
+    def set_away(self, armed: bool, source: str) -> list[Event]:
+        return self.engine.set_away(armed, source, self.stats.samples)
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, samples: np.ndarray) -> list[Event]:
+        """Feed the next stretch of audio (any length, at the model rate)."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        out: list[Event] = []
+        active = False
+        for end, level_db, floor_db, is_active in self.gate.push(x):
+            self._level_db, self._floor_db = level_db, floor_db
+            active = active or is_active
+            reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
+            if is_active and self.engine.away:
+                out += self.engine.handle(reading)
+            if end - self._last_level_report >= LEVEL_REPORT_S * self.sample_rate:
+                self._last_level_report = end
+                out.append(reading)
+        if self.mel is not None:
+            self.mel.push(x)
+        for pattern in self.claps.push(x):
+            self.stats.patterns += 1
+            out.append(pattern)
+            out += self.engine.handle(pattern)
+        self.stats.samples += x.size
+        if active:
+            out += self._classify()
+        self.stats.actions += sum(1 for e in out if isinstance(e, Action))
+        return out
+
+    def _classify(self) -> list[Event]:
+        if self.classifier is None or self.mel is None:
+            return []
+        now = self.mel.window_end_sample
+        if now - self._last_classified < self.rules.model.classify_every_s * self.sample_rate:
+            return []
+        self._last_classified = now
+        self.stats.classifications += 1
+        scores = self.classifier.scores(self.mel.window())
+        hold = self.rules.sounds.hold_s * self.sample_rate
+        out: list[Event] = []
+        for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
+            if score < self._thresholds.get(label, 1.1):
+                continue
+            last = self._last_reported.get(label)
+            self._last_reported[label] = now
+            if last is not None and now - last < hold:
+                continue
+            event = SoundEvent(label=label, score=score, level_db=self._level_db, sample=now)
+            self.stats.sounds += 1
+            out.append(event)
+            out += self.engine.handle(event)
+        return out
+
+    @property
+    def level_db(self) -> float:
+        return self._level_db
+
+    @property
+    def noise_floor_db(self) -> float:
+        return self._floor_db

@@ -1,0 +1,156 @@
+"""The loop around the pipeline: audio source in; MQTT, JSON lines and logs out.
+
+It owns the edges (signals, systemd notifications, rule reloads, remote commands) so that
+`Pipeline` stays pure. Remote commands arrive on paho's thread and wait in a queue; they are
+applied here, between audio blocks, so all state changes happen on one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol, TextIO
+
+from claudio_daemon.audio.source import AudioSource
+from claudio_daemon.events import (
+    Action,
+    Alert,
+    ClapPattern,
+    Event,
+    LevelReading,
+    ModeChange,
+    SoundEvent,
+    to_dict,
+)
+from claudio_daemon.mqtt.commands import RemoteCommand
+from claudio_daemon.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+#: Housekeeping (reload check, watchdog, status) runs this often, in audio seconds.
+HOUSEKEEPING_S = 0.5
+STATUS_S = 10.0
+
+
+class Publisher(Protocol):
+    def send_action(self, action: Action) -> None: ...
+    def publish_event(self, event: ClapPattern | SoundEvent) -> None: ...
+    def publish_alert(self, alert: Alert) -> None: ...
+    def publish_level(self, reading: LevelReading) -> None: ...
+    def publish_away_state(self, away: bool) -> None: ...
+
+
+class Notifier(Protocol):
+    def watchdog(self) -> None: ...
+    def status(self, text: str) -> None: ...
+
+
+class Runner:
+    """Drives one pipeline from one source until the source ends or `stop()` is called."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        publisher: Publisher | None = None,
+        json_out: TextIO | None = None,
+        json_levels: bool = False,
+        notifier: Notifier | None = None,
+        housekeeping: Callable[[], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.json_out = json_out
+        self.json_levels = json_levels
+        self.notifier = notifier
+        self.housekeeping = housekeeping
+        self.commands: queue.SimpleQueue[RemoteCommand] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._source: AudioSource | None = None
+
+    # Called from paho's network thread.
+    def on_command(self, command: RemoteCommand) -> None:
+        self.commands.put(command)
+
+    def stop(self) -> None:
+        """Safe from a signal handler or another thread: ends the loop after this block."""
+        self._stop.set()
+        if self._source is not None:
+            self._source.close()
+
+    def set_away(self, armed: bool, source: str) -> None:
+        for event in self.pipeline.set_away(armed, source):
+            self.dispatch(event)
+
+    def run(self, source: AudioSource) -> None:
+        self._source = source
+        sr = self.pipeline.sample_rate
+        next_housekeeping = 0
+        next_status = 0
+        if self._stop.is_set():
+            source.close()
+        for block in source.blocks():
+            self._apply_commands()
+            for event in self.pipeline.process(block.samples):
+                self.dispatch(event)
+            end = block.start_sample + block.samples.size
+            if end >= next_housekeeping:
+                next_housekeeping = end + int(HOUSEKEEPING_S * sr)
+                if self.housekeeping is not None:
+                    self.housekeeping()
+                if self.notifier is not None:
+                    self.notifier.watchdog()
+                    if end >= next_status:
+                        next_status = end + int(STATUS_S * sr)
+                        self.notifier.status(self.status_line(source))
+            if self._stop.is_set():
+                break
+        self._apply_commands()
+
+    def status_line(self, source: AudioSource) -> str:
+        p = self.pipeline
+        s = p.stats
+        return (
+            f"level {p.level_db:.0f} dB (floor {p.noise_floor_db:.0f}); "
+            f"{s.patterns} clap patterns, {s.sounds} sounds, {s.actions} actions; "
+            f"AWAY {'armed' if p.engine.away else 'off'}; overflows {source.overflows}"
+        )
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if command.kind == "away":
+                self.set_away(command.value, "mqtt")
+
+    def dispatch(self, event: Event) -> None:
+        sr = self.pipeline.sample_rate
+        if self.json_out is not None and (self.json_levels or not isinstance(event, LevelReading)):
+            self.json_out.write(json.dumps(to_dict(event, sr)) + "\n")
+            self.json_out.flush()
+        t = event.sample / sr
+        if isinstance(event, Action):
+            log.info("%s %s (%s) at %.2fs", event.appliance, event.command, event.reason, t)
+        elif isinstance(event, ClapPattern):
+            log.info("%d claps at %.2fs", event.count, t)
+        elif isinstance(event, SoundEvent):
+            log.info("sound %s %.2f at %.2fs", event.label, event.score, t)
+        elif isinstance(event, Alert):
+            log.warning("AWAY alert: %s at %.1f dB", event.label or "sound", event.level_db)
+        if self.publisher is None:
+            return
+        if isinstance(event, Action):
+            self.publisher.send_action(event)
+        elif isinstance(event, (ClapPattern, SoundEvent)):
+            self.publisher.publish_event(event)
+        elif isinstance(event, Alert):
+            self.publisher.publish_alert(event)
+        elif isinstance(event, ModeChange):
+            self.publisher.publish_away_state(event.away)
+        elif isinstance(event, LevelReading):
+            self.publisher.publish_level(event)

@@ -1,0 +1,254 @@
+"""Audio sources: real files from shared_data, and a real PulseAudio null-sink "microphone"."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from claudio_daemon.audio.io import AudioFileError, read_audio
+from claudio_daemon.audio.resample import StreamingResampler
+from claudio_daemon.audio.source import (
+    AudioBlock,
+    AudioDeviceError,
+    FileSource,
+    MicSource,
+    list_input_devices,
+    open_source,
+)
+from tests.fixtures.pulse import PulseServer, pulse_server  # noqa: F401
+
+RATE = 22050
+
+
+def _first(shared: Path, sub: str, ext: str) -> Path:
+    return sorted((shared / sub / "audio").glob(f"*.{ext}"))[0]
+
+
+def _collect(source) -> list[AudioBlock]:
+    return list(source.blocks())
+
+
+def _tone(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _peak_freq(x: np.ndarray, rate: int) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spec) * rate / x.size)
+
+
+def _db(x: np.ndarray) -> float:
+    return float(20 * np.log10(np.sqrt(np.mean(np.square(x, dtype=np.float64))) + 1e-12))
+
+
+# ---------------------------------------------------------------- read_audio / resampler
+
+
+def test_read_audio_real_files(shared_data: Path) -> None:
+    wav = _first(shared_data, "esc50-fold4-dev", "wav")
+    flac = _first(shared_data, "esc50-16k-folds123", "flac")
+    a, ra = read_audio(wav)
+    b, rb = read_audio(flac)
+    assert (ra, a.size, a.dtype) == (44100, 5 * 44100, np.float32)
+    assert (rb, b.size, b.dtype) == (16000, 5 * 16000, np.float32)
+
+
+def test_read_audio_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(AudioFileError, match="nope.wav: file not found"):
+        read_audio(tmp_path / "nope.wav")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(AudioFileError, match="empty.wav: file is empty"):
+        read_audio(empty)
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF this is not audio at all" * 10)
+    with pytest.raises(AudioFileError, match="junk.wav: cannot decode"):
+        read_audio(junk)
+    silent = tmp_path / "nosamples.wav"
+    sf.write(str(silent), np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioFileError, match="nosamples.wav"):
+        read_audio(silent)
+
+
+def test_read_audio_averages_stereo(tmp_path: Path) -> None:
+    left = _tone(440, 16000, 0.2)
+    path = tmp_path / "stereo.wav"
+    sf.write(str(path), np.stack([left, np.zeros_like(left)], axis=1), 16000, subtype="FLOAT")
+    mono, rate = read_audio(path)
+    assert rate == 16000
+    np.testing.assert_allclose(mono, left / 2, atol=1e-7)
+
+
+def test_resampler_keeps_frequency_level_and_length() -> None:
+    x = _tone(1000, 48000, 2.0)
+    outs = []
+    for chunk in (4096, 1000, 333):
+        r = StreamingResampler(48000, 22050)
+        parts = [r.process(x[i : i + chunk]) for i in range(0, x.size, chunk)]
+        outs.append(np.concatenate([*parts, r.flush()]))
+    out = outs[0]
+    assert abs(out.size - x.size * 22050 / 48000) <= 2
+    mid = out[2000:-2000]
+    assert abs(_peak_freq(mid, 22050) - 1000) < 2
+    assert abs(_db(mid) - _db(x)) < 0.05
+    for other in outs[1:]:
+        assert other.size == out.size
+        np.testing.assert_allclose(other, out, atol=1e-5)
+
+
+def test_resampler_passthrough() -> None:
+    r = StreamingResampler(22050, 22050)
+    x = _tone(300, 22050, 0.1)
+    np.testing.assert_array_equal(r.process(x), x)
+    assert r.flush().size == 0
+    with pytest.raises(ValueError):
+        StreamingResampler(0, 22050)
+
+
+# ---------------------------------------------------------------- FileSource
+
+
+@pytest.mark.parametrize(
+    ("sub", "ext", "native"),
+    [("esc50-fold4-dev", "wav", 44100), ("esc50-16k-folds123", "flac", 16000)],
+)
+def test_file_source_real_files(shared_data: Path, sub: str, ext: str, native: int) -> None:
+    path = _first(shared_data, sub, ext)
+    audio = {}
+    for bs in (1024, 500, 4096):
+        src = FileSource(path, RATE, block_size=bs)
+        assert (src.native_rate, src.sample_rate, src.overflows) == (native, RATE, 0)
+        blocks = _collect(src)
+        assert all(b.samples.size == bs for b in blocks[:-1])
+        assert 0 < blocks[-1].samples.size <= bs
+        starts = [b.start_sample for b in blocks]
+        assert starts == list(np.cumsum([0] + [b.samples.size for b in blocks[:-1]]))
+        audio[bs] = np.concatenate([b.samples for b in blocks])
+    first = audio[1024]
+    assert first.dtype == np.float32
+    assert abs(first.size - 5 * RATE) <= 1  # ESC-50 clips are 5 s
+    for other in audio.values():
+        np.testing.assert_array_equal(other, first)
+    raw, rate = read_audio(path)
+    whole = soxr.resample(raw, rate, RATE)
+    n = min(whole.size, first.size)
+    np.testing.assert_allclose(first[:n], whole[:n], atol=2e-3)
+
+
+def test_file_source_tmp_wav_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    tone = _tone(1000, RATE, 0.5)
+    sf.write(str(path), tone, RATE, subtype="FLOAT")
+    got = np.concatenate([b.samples for b in FileSource(path, RATE, block_size=1024).blocks()])
+    np.testing.assert_array_equal(got, tone)  # same rate: bit-exact pass-through
+    with pytest.raises(AudioFileError, match="missing.flac: file not found"):
+        FileSource(tmp_path / "missing.flac", RATE)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav" * 100)
+    with pytest.raises(AudioFileError, match="bad.wav"):
+        FileSource(bad, RATE)
+    with pytest.raises(ValueError):
+        FileSource(path, RATE, block_size=0)
+    assert isinstance(open_source(None, file=path, target_rate=RATE, block_size=256), FileSource)
+
+
+def test_file_source_realtime_and_close(tmp_path: Path) -> None:
+    path = tmp_path / "tone.wav"
+    sf.write(str(path), _tone(500, 16000, 0.4), 16000, subtype="FLOAT")
+    t0 = time.monotonic()
+    blocks = _collect(FileSource(path, RATE, block_size=1024, realtime=True))
+    assert time.monotonic() - t0 >= 0.3  # paced to the clock (0.4 s of audio)
+    assert sum(b.samples.size for b in blocks) == pytest.approx(0.4 * RATE, abs=2)
+
+    src = FileSource(path, RATE, block_size=256, realtime=True)
+    got = []
+    threading.Timer(0.1, src.close).start()
+    for b in src.blocks():
+        got.append(b)
+    assert 0 < sum(b.samples.size for b in got) < 0.3 * RATE  # stopped early by close()
+
+
+# ---------------------------------------------------------------- MicSource (real PulseAudio)
+
+
+def _capture(mic: MicSource, out: list[AudioBlock]) -> threading.Thread:
+    def run() -> None:
+        for b in mic.blocks():
+            out.append(b)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th
+
+
+def test_mic_source_captures_tone(pulse_server: PulseServer, tmp_path: Path) -> None:  # noqa: F811
+    names = [d.name for d in list_input_devices()]
+    assert pulse_server.portaudio_device in names
+    mic = MicSource("PULSE", RATE, block_size=1024, native_rate=48000)  # case-insensitive name
+    assert (mic.sample_rate, mic.native_rate) == (RATE, 48000)
+    blocks: list[AudioBlock] = []
+    th = _capture(mic, blocks)
+    time.sleep(0.3)
+    pulse_server.play_array(_tone(1000, 48000, 1.0, amp=0.5), 48000, tmp_path)
+    time.sleep(0.3)
+    mic.close()
+    th.join(timeout=3)
+    assert not th.is_alive(), "close() did not end blocks()"
+    assert all(b.samples.size == 1024 for b in blocks)
+    assert [b.start_sample for b in blocks] == [i * 1024 for i in range(len(blocks))]
+    audio = np.concatenate([b.samples for b in blocks])
+    assert audio.size > 1.2 * RATE
+    level = np.array([_db(audio[i : i + 2205]) for i in range(0, audio.size - 2205, 2205)])
+    loud = np.flatnonzero(level > -20)
+    assert loud.size >= 7, f"tone not captured, levels {level.round(1)}"  # ~1 s of tone
+    seg = audio[loud[1] * 2205 : loud[-1] * 2205]
+    assert abs(_peak_freq(seg, RATE) - 1000) < 5
+    assert abs(_db(seg) - _db(_tone(1000, RATE, 1.0))) < 1.0  # -9 dBFS, unity gain path
+
+
+def test_mic_source_unknown_device_lists_inputs(pulse_server: PulseServer) -> None:  # noqa: F811
+    with pytest.raises(AudioDeviceError, match=r"no audio input matches 'no-such-mic'.*pulse"):
+        MicSource("no-such-mic", RATE)
+    with pytest.raises(AudioDeviceError, match=r"#999 not found.*available inputs"):
+        MicSource(999, RATE)
+
+
+def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_path: Path) -> None:  # noqa: F811
+    """Unplug the "microphone" mid-stream: blocks() keeps going, reopens, counting continues."""
+    mic = MicSource(
+        "pulse", RATE, block_size=1024, native_rate=48000, reopen_backoff=(0.1, 0.4), stall_s=1.0
+    )
+    blocks: list[AudioBlock] = []
+    th = _capture(mic, blocks)
+    try:
+        time.sleep(0.6)
+        before = len(blocks)
+        assert before > 0, "no audio before the device vanished"
+        pulse_server.remove_sink()
+        try:
+            time.sleep(1.0)
+            assert th.is_alive(), "blocks() ended when the device vanished"
+        finally:
+            pulse_server.add_sink()
+        deadline = time.monotonic() + 8
+        while mic.reopens == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert mic.reopens >= 1
+        time.sleep(0.3)
+        pulse_server.play_array(_tone(1000, 48000, 0.6, amp=0.5), 48000, tmp_path)
+        time.sleep(0.3)
+    finally:
+        mic.close()
+        th.join(timeout=3)
+    assert not th.is_alive()
+    starts = [b.start_sample for b in blocks]
+    assert starts == [i * 1024 for i in range(len(blocks))]  # no gap, no overlap in indices
+    after = np.concatenate([b.samples for b in blocks[before:]])
+    assert max(_db(after[i : i + 2205]) for i in range(0, after.size - 2205, 2205)) > -12

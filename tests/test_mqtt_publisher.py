@@ -1,0 +1,327 @@
+"""MqttPublisher against a real Mosquitto: topics, payloads, availability, outages, auth, TLS."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from claudio_daemon.events import Action, Alert, ClapPattern, LevelReading, SoundEvent, to_dict
+from claudio_daemon.mqtt.publisher import MqttPublisher
+from claudio_daemon.mqtt.settings import MqttSettings
+from tests.fixtures.broker import Subscriber
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 22050
+LAMP = "cmnd/lamp/POWER"
+
+
+def lamp(payload: str = "TOGGLE", sample: int = 0) -> Action:
+    return Action("lamp", "toggle", LAMP, payload, sample, "claps:2")
+
+
+def settings_for(broker, **overrides) -> MqttSettings:
+    values = dict(
+        host=broker.host,
+        port=broker.port,
+        client_id=f"claudio-test-{os.getpid()}",
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+        keepalive_s=10,
+    )
+    values.update(overrides)
+    return MqttSettings(**values)
+
+
+@pytest.fixture
+def started() -> Iterator[list[MqttPublisher]]:
+    """Publishers to stop after the test even when it fails."""
+    publishers: list[MqttPublisher] = []
+    yield publishers
+    for p in publishers:
+        p.stop(timeout=1)
+
+
+def start(publishers: list[MqttPublisher], settings: MqttSettings, **kwargs) -> MqttPublisher:
+    p = MqttPublisher(settings, **kwargs)
+    publishers.append(p)
+    p.start()
+    return p
+
+
+def test_exact_topics_and_payloads(mosquitto, started) -> None:
+    with Subscriber(mosquitto.host, mosquitto.port, ["#"]) as sub:
+        p = start(started, settings_for(mosquitto))
+        assert p.wait_connected(5)
+        clap = ClapPattern(
+            count=2, clap_samples=(22050, 33075), decided_sample=44100, level_db=-12.34
+        )
+        sound = SoundEvent(label="dog", score=0.91234, level_db=-20.0, sample=66150)
+        alert = Alert(label="glass_breaking", score=0.8, level_db=-15.0, sample=88200)
+        before = datetime.now().astimezone().replace(microsecond=0)  # "ts" has milliseconds
+        p.send_action(lamp())
+        p.publish_event(clap)
+        p.publish_event(sound)
+        p.publish_alert(alert)
+        p.publish_level(LevelReading(level_db=-42.345, noise_floor_db=-60.0, sample=1))
+        p.publish_away_state(True)
+        assert p.flush(5)
+        assert p.pending == 0
+        msgs = sub.wait_for(lambda m: any(t == "claudio/away/state" for t, _, _ in m))
+
+    by_topic: dict[str, list[tuple[bytes, bool]]] = {}
+    for topic, payload, retain in msgs:
+        by_topic.setdefault(topic, []).append((payload, retain))
+    assert by_topic[LAMP] == [(b"TOGGLE", False)]
+    assert by_topic["claudio/available"] == [(b"online", False)]
+    assert by_topic["claudio/claps"] == [(b'{"event_type":"claps_2","count":2}', False)]
+    assert by_topic["claudio/sound"] == [(b'{"event_type":"dog","score":0.9123}', False)]
+    assert by_topic["claudio/level"] == [(b"-42.3", False)]
+    # Delivered live, so the retain flag is not set for this subscriber (MQTT 3.1.1).
+    assert by_topic["claudio/away/state"] == [(b"ON", False)]
+
+    events = [json.loads(payload) for payload, _ in by_topic["claudio/event"]]
+    for got, event in zip(events, [clap, sound], strict=True):
+        ts = datetime.fromisoformat(got.pop("ts"))
+        assert before <= ts <= datetime.now().astimezone()
+        assert got == to_dict(event, SR)
+    assert events[0]["count"] == 2 and events[1]["label"] == "dog"
+    [(alert_payload, _)] = by_topic["claudio/alert"]
+    alert_json = json.loads(alert_payload)
+    alert_json.pop("ts")
+    assert alert_json == to_dict(alert, SR)
+
+    # Retained state is what a late subscriber (e.g. HA after a restart) sees first.
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/away/state"]) as late:
+        assert late.wait_for(lambda m: m)[0] == ("claudio/away/state", b"ON", True)
+
+
+def test_clean_stop_publishes_offline_retained(mosquitto, started) -> None:
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as sub:
+        p = start(started, settings_for(mosquitto))
+        sub.wait_for(lambda m: [x[1] for x in m] == [b"online"])
+        p.send_action(lamp())
+        p.stop(timeout=3)
+        assert not p.connected
+        sub.wait_for(lambda m: [x[1] for x in m] == [b"online", b"offline"])
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as late:
+        assert late.wait_for(lambda m: m) == [("claudio/available", b"offline", True)]
+    assert "disconnected" in mosquitto.logs()  # a clean DISCONNECT, not a dropped socket
+
+
+def test_last_will_when_process_is_killed(mosquitto) -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from claudio_daemon.mqtt.publisher import MqttPublisher
+        from claudio_daemon.mqtt.settings import MqttSettings
+        p = MqttPublisher(MqttSettings(host={mosquitto.host!r}, port={mosquitto.port},
+                                       client_id="claudio-doomed"))
+        p.start()
+        assert p.wait_connected(10)
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as sub:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, env=env, cwd=ROOT
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"ready"
+            sub.wait_for(lambda m: [x[1] for x in m] == [b"online"])
+        finally:
+            proc.kill()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        sub.wait_for(lambda m: [x[1] for x in m] == [b"online", b"offline"])
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as late:
+        assert late.wait_for(lambda m: m) == [("claudio/available", b"offline", True)]
+
+
+def test_broker_restart_loses_no_action_and_keeps_order(mosquitto, started) -> None:
+    # A persistent subscriber session: the broker keeps QoS 1 messages for it across the restart.
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="lamp") as sub:
+        p = start(started, settings_for(mosquitto))
+        assert p.wait_connected(5)
+        p.send_action(lamp("A0"))
+        assert p.flush(5)
+        mosquitto.stop()
+        deadline = time.monotonic() + 5
+        while p.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not p.connected
+        for i in range(1, 6):
+            p.send_action(lamp(f"A{i}"))
+        assert p.pending == 5
+        assert not p.flush(0.3)  # nothing can be acknowledged while the broker is down
+        mosquitto.start()
+        assert p.flush(10)
+        expected = [f"A{i}".encode() for i in range(6)]
+        msgs = sub.wait_for(lambda m: [x[1] for x in m if x[1] != b"A0"] == expected[1:], 10)
+    payloads = [payload for _, payload, _ in msgs]
+    # Mosquitto may re-deliver A0 to the persistent session after its restart (at-least-once).
+    assert [x for i, x in enumerate(payloads) if x not in payloads[:i]] == expected
+
+
+class ForgetfulClient(mqtt.Client):
+    """A client library that loses its in-flight messages on reconnect (what the outbox guards)."""
+
+    def _messages_reconnect_reset_out(self) -> None:
+        with self._out_message_mutex:
+            self._out_messages.clear()
+            self._inflight_messages = 0
+
+
+@pytest.mark.parametrize("client", ["paho", "forgetful"])
+def test_in_flight_actions_survive_a_broker_crash(mosquitto, started, client) -> None:
+    """Actions sent to a hung broker (never acknowledged) arrive after it crashes and returns."""
+    factory = None
+    if client == "forgetful":
+        factory = lambda s: ForgetfulClient(  # noqa: E731
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=s.client_id
+        )
+    # The publisher reconnects 1.5 s after the crash; the test's subscriber is back first.
+    p = start(
+        started,
+        settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2),
+        client_factory=factory,
+    )
+    p.resend_grace_s = 100
+    assert p.wait_connected(5)
+    mosquitto.pause()
+    for i in range(3):
+        p.send_action(lamp(f"F{i}"))  # written to the socket, never acknowledged
+    time.sleep(0.2)
+    assert p.pending == 3
+    mosquitto.kill()
+    for i in range(3, 5):
+        p.send_action(lamp(f"F{i}"))  # queued while the broker is gone
+    mosquitto.start()
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
+        assert p.flush(10)
+        expected = [f"F{i}".encode() for i in range(5)]
+        msgs = sub.wait_for(lambda m: len(m) >= 5, 5)
+    assert [x[1] for x in msgs] == expected
+
+
+def test_full_outbox_drops_levels_and_events_before_commands(mosquitto, started, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
+    s = settings_for(mosquitto, queue_max=10)
+    p = MqttPublisher(s)  # not started yet: everything waits in the outbox
+    started.append(p)
+    for i in range(4):
+        p.send_action(lamp(f"C{i}"))
+    for i in range(8):
+        p.publish_event(SoundEvent(label="dog", score=0.5, level_db=-20.0, sample=i))
+    p.publish_level(LevelReading(level_db=-30.0, noise_floor_db=-60.0, sample=0))
+    p.publish_level(LevelReading(level_db=-31.0, noise_floor_db=-60.0, sample=1))
+    assert p.pending == 10
+    assert any("outbox full" in r.getMessage() for r in caplog.records)
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    for i in range(4, 12):
+        p.send_action(lamp(f"C{i}"))  # pushes out every event, then the oldest commands
+    assert p.pending == 10
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2 and all("dropped command" in r.getMessage() for r in errors)
+
+    with Subscriber(mosquitto.host, mosquitto.port, ["#"]) as sub:
+        p.start()
+        assert p.flush(5)
+        msgs = sub.wait_for(lambda m: sum(x[0] == LAMP for x in m) >= 10)
+    commands = [payload for topic, payload, _ in msgs if topic == LAMP]
+    assert commands == [f"C{i}".encode() for i in range(2, 12)]
+    assert not [t for t, _, _ in msgs if t in ("claudio/event", "claudio/sound", "claudio/level")]
+
+
+def test_only_latest_level_waits_in_the_outbox(mosquitto, started) -> None:
+    p = MqttPublisher(settings_for(mosquitto))
+    started.append(p)
+    for i in range(50):
+        p.publish_level(LevelReading(level_db=-60.0 + i, noise_floor_db=-70.0, sample=i))
+    assert p.pending == 1
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/level"]) as sub:
+        p.start()
+        assert p.flush(5)
+        assert sub.wait_for(lambda m: m) == [("claudio/level", b"-11.0", False)]
+
+
+def test_stop_with_broker_down_reports_lost_commands(mosquitto, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
+    p = MqttPublisher(settings_for(mosquitto))
+    p.start()
+    assert p.wait_connected(5)
+    mosquitto.stop()
+    p.send_action(lamp())
+    t0 = time.monotonic()
+    p.stop(timeout=0.5)
+    assert time.monotonic() - t0 < 3
+    assert any(
+        r.levelno == logging.ERROR and "1 undelivered command" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_refused_credentials_never_count_as_connected(mosquitto_auth, started, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
+    monkeypatch.setenv("CLAUDIO_TEST_MQTT_PW", "wrong-" + mosquitto_auth.password)
+    s = settings_for(mosquitto_auth, username="claudio", password_env="CLAUDIO_TEST_MQTT_PW")
+    p = start(started, s)
+    assert not p.wait_connected(1.5)
+    assert not p.connected
+    refused = [r for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert refused and refused[0].levelno == logging.ERROR
+    assert "authori" in refused[0].getMessage().lower()  # "Not authorized"
+    assert mosquitto_auth.password not in caplog.text
+
+
+def test_password_from_env(mosquitto_auth, started, monkeypatch) -> None:
+    monkeypatch.setenv("CLAUDIO_TEST_MQTT_PW", mosquitto_auth.password)
+    s = settings_for(mosquitto_auth, username="claudio", password_env="CLAUDIO_TEST_MQTT_PW")
+    _assert_delivers(mosquitto_auth, start(started, s))
+
+
+def test_password_from_credentials_file(mosquitto_auth, started, tmp_path, monkeypatch) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt").write_text(mosquitto_auth.password + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    s = settings_for(
+        mosquitto_auth, username="claudio", password_file="${CREDENTIALS_DIRECTORY}/mqtt"
+    )
+    _assert_delivers(mosquitto_auth, start(started, s))
+
+
+def test_tls_with_private_ca(mosquitto_tls, started) -> None:
+    s = settings_for(mosquitto_tls, tls={"enabled": True, "ca_file": mosquitto_tls.ca_file})
+    _assert_delivers(mosquitto_tls, start(started, s))
+
+
+def test_tls_refuses_an_unknown_ca(mosquitto_tls, started, tmp_path) -> None:
+    from tests.fixtures.broker import make_ca_and_server_cert
+
+    other_ca, _, _ = make_ca_and_server_cert(tmp_path)
+    s = settings_for(mosquitto_tls, tls={"enabled": True, "ca_file": other_ca})
+    p = start(started, s)
+    assert not p.wait_connected(1.0)
+
+
+def _assert_delivers(broker, p: MqttPublisher) -> None:
+    assert p.wait_connected(5)
+    p.send_action(lamp("ON"))
+    assert p.flush(5)
+    if hasattr(broker, "username"):
+        assert f"u'{broker.username}'" in broker.logs()  # logged in as that user

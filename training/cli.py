@@ -1,0 +1,301 @@
+"""`claudio-train`: recordings -> cache -> statistics -> model -> evaluation -> ONNX.
+
+Typical run (ESC-50, fold 4 held out for validation):
+
+    claudio-train precache ../shared/data/esc50-16k-folds123 --cache runs/cache
+    claudio-train stats --cache runs/cache --exclude 4
+    claudio-train fit --cache runs/cache --val-fold 4 --out runs/se18
+    claudio-train evaluate runs/se18/best.pt runs/cache --folds 4 --out runs/se18/eval
+    claudio-train export runs/se18/best.pt --out models/claudio.onnx --parity-data runs/cache
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+app = typer.Typer(
+    help="Train, evaluate and export Claudio's sound classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("training")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _folds(values: list[str] | None) -> tuple[str, ...]:
+    """Folds may be given repeatedly (--val-fold 4 --val-fold 5) or as "4,5"."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(p.strip() for p in str(v).split(",") if p.strip())
+    return tuple(out)
+
+
+def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
+    """Bad input (missing files, dataset/cache/metadata errors, impossible settings) ends
+    with one "error: ..." line and exit status 2; the traceback is logged at debug level."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            log.debug("command failed", exc_info=True)
+            text = str(exc) or type(exc).__name__
+            if isinstance(exc, KeyError):
+                text = f"missing entry {text}"
+            _fail(text)
+
+    return wrapper
+
+
+@app.callback()
+def _setup(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("training").setLevel(level)
+
+
+@app.command()
+@_friendly
+def precache(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (FSD50K, ESC-50 or folder layout).")],
+    cache: Annotated[Path, typer.Option("--cache", help="Where to write the log-mel cache.")],
+    layout: Annotated[str, typer.Option(help="auto, fsd50k, esc50 or folder.")] = "auto",
+    split: Annotated[str, typer.Option(help="FSD50K split: dev or eval.")] = "dev",
+    workers: Annotated[int, typer.Option(help="Decoding processes.")] = 2,
+) -> None:
+    """Decode every recording once into a log-mel cache."""
+    from claudio_daemon.features.frontend import FrontEndConfig
+    from training.cache import precache as run_precache
+    from training.datasets import load_dataset
+
+    manifest = load_dataset(data, layout=layout, split=split)
+    report = run_precache(
+        manifest, cache, FrontEndConfig(), workers=workers, progress=sys.stderr.isatty()
+    )
+    typer.echo(
+        f"cached {report.n_items} clips in {cache}"
+        + (f"; {len(report.skipped)} unreadable files skipped" if report.skipped else "")
+        + (" (already up to date)" if report.reused else "")
+    )
+
+
+@app.command()
+@_friendly
+def stats(
+    cache: Annotated[Path, typer.Option("--cache", help="Cache folder from `precache`.")],
+    folds: Annotated[
+        list[str] | None, typer.Option(help="Use only these (training) folds.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Leave out these (held-out) folds.")
+    ] = None,
+) -> None:
+    """Compute the normalisation mean/std over the training clips."""
+    import numpy as np
+
+    from training.cache import Cache
+    from training.stats import compute_stats
+
+    c = Cache.open(cache)
+    idx = np.arange(len(c)) if not _folds(folds) else c.indices_for_folds(_folds(folds))
+    drop = set(_folds(exclude))
+    idx = np.array([i for i in idx if c.items[i].fold not in drop], dtype=np.int64)
+    if idx.size == 0:
+        _fail(f"{cache}: no clips left with folds={_folds(folds)} exclude={sorted(drop)}")
+    mean, std = compute_stats(cache, indices=idx)
+    typer.echo(
+        f"mean {mean:.4f} dB, std {std:.4f} dB over {idx.size} clips -> {cache / 'stats.json'}"
+    )
+
+
+@app.command()
+@_friendly
+def fit(
+    cache: Annotated[Path, typer.Option("--cache", help="Cache folder from `precache`.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints and history.")],
+    model: Annotated[
+        str, typer.Option(help="se_resnet18, resnet18, simple_cnn or ast.")
+    ] = "se_resnet18",
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option()] = 1e-2,
+    scheduler: Annotated[str, typer.Option(help="onecycle or cosine.")] = "onecycle",
+    warmup: Annotated[float, typer.Option(help="Fraction of steps to warm up.")] = 0.1,
+    val_fold: Annotated[list[str] | None, typer.Option(help="Validation fold(s).")] = None,
+    test_fold: Annotated[
+        list[str] | None, typer.Option(help="Test fold(s), scored at the end.")
+    ] = None,
+    patience: Annotated[
+        int, typer.Option(help="Early-stop epochs without better val mAP (0 off).")
+    ] = 10,
+    no_augment: Annotated[
+        bool, typer.Option("--no-augment", help="Train without augmentation.")
+    ] = False,
+    mixup_alpha: Annotated[
+        float | None, typer.Option(help="Mixup Beta alpha (0 = off).")
+    ] = None,
+    pos_weight_max: Annotated[float, typer.Option(help="Upper clip of BCE pos_weight.")] = 10.0,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
+    no_amp: Annotated[bool, typer.Option("--no-amp", help="No mixed precision on CUDA.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    log_every: Annotated[int, typer.Option(help="Log every N steps when not on a terminal.")] = 50,
+) -> None:
+    """Train a model on the cache (several GPUs: run under `torchrun`)."""
+    from training.augment import AugmentConfig
+    from training.fit import FitConfig
+    from training.fit import fit as run_fit
+
+    augment = AugmentConfig(enabled=not no_augment)
+    if mixup_alpha is not None:
+        augment = AugmentConfig(**{**augment.__dict__, "mixup_alpha": mixup_alpha})
+    cfg = FitConfig(
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        warmup=warmup,
+        val_folds=_folds(val_fold),
+        test_folds=_folds(test_fold),
+        patience=patience,
+        augment=augment,
+        pos_weight_clip=(1.0, pos_weight_max),
+        workers=workers,
+        seed=seed,
+        amp=not no_amp,
+        device=device,
+        out_dir=str(out),
+        resume=resume,
+        max_steps=max_steps,
+        log_every=log_every,
+    )
+    result = run_fit(cache, cfg)
+    last = result.history[-1] if result.history else {}
+    typer.echo(
+        f"trained {result.steps} steps; best checkpoint {result.best_checkpoint}"
+        + (f" (val mAP {last.get('val_map'):.4f} at the last epoch)" if "val_map" in last else "")
+    )
+
+
+@app.command()
+@_friendly
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="best.pt checkpoint or exported .onnx file.")],
+    data: Annotated[Path, typer.Argument(help="Cache folder or dataset folder.")],
+    folds: Annotated[list[str] | None, typer.Option(help="Only these folds.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write metrics.json, report.md, chart.")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the metrics as one JSON object.")
+    ] = False,
+    layout: Annotated[str, typer.Option(help="Dataset layout when DATA is not a cache.")] = "auto",
+    batch_size: Annotated[int, typer.Option()] = 32,
+    threshold: Annotated[float, typer.Option(help="Decision threshold for P/R/F1.")] = 0.5,
+    device: Annotated[str, typer.Option(help="Device for checkpoints: cpu, cuda, auto.")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Decoding processes for dataset folders.")] = 0,
+) -> None:
+    """Score a model on labelled recordings."""
+    from training.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(
+        model,
+        data,
+        folds=_folds(folds) or None,
+        out_dir=out,
+        layout=layout,
+        batch_size=batch_size,
+        threshold=threshold,
+        device=device,
+        workers=workers,
+        progress=sys.stderr.isatty() and not json_out,
+    )
+    m = result.metrics
+    if json_out:
+        typer.echo(json.dumps(m, sort_keys=True))
+        return
+    line = f"mAP {m['map']:.4f}" if m.get("map") is not None else "mAP n/a"
+    if m.get("accuracy") is not None:
+        line += f", accuracy {m['accuracy']:.4f}"
+    if m.get("clap_vs_rest_ap") is not None:
+        line += f", {m['clap_label']} vs rest AP {m['clap_vs_rest_ap']:.4f}"
+    typer.echo(f"{line} over {m['n_clips']} clips" + (f"; report in {out}" if out else ""))
+
+
+@app.command()
+@_friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `fit` (best.pt).")],
+    out: Annotated[Path, typer.Option("--out", help="ONNX file to write.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Also write an INT8 model (<out>.int8.onnx).")
+    ] = False,
+    parity_data: Annotated[
+        Path | None, typer.Option(help="Cache with real clips for the parity check.")
+    ] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option(help="Data to measure the INT8 accuracy change on.")
+    ] = None,
+    eval_folds: Annotated[list[str] | None, typer.Option(help="Folds of --eval-data.")] = None,
+) -> None:
+    """Export a checkpoint to ONNX with Claudio metadata, checked against onnxruntime."""
+    from training.export import export_onnx
+
+    rep = export_onnx(
+        checkpoint,
+        out,
+        opset=opset,
+        quantize_int8=int8,
+        parity_inputs=parity_data,
+        int8_eval_data=eval_data,
+        int8_eval_folds=_folds(eval_folds) or None,
+    )
+    typer.echo(
+        f"wrote {rep.path} ({rep.size_bytes / 1e6:.1f} MB, opset {rep.opset}, "
+        f"{len(rep.labels)} labels); "
+        f"onnxruntime parity max |diff| {rep.parity_max_abs:.1e}"
+    )
+    if rep.int8_path is not None:
+        delta = (
+            f", {rep.int8_metric} change {rep.int8_accuracy_delta:+.4f}"
+            if rep.int8_accuracy_delta is not None
+            else ""
+        )
+        typer.echo(f"wrote {rep.int8_path} ({rep.int8_size_bytes / 1e6:.1f} MB{delta})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

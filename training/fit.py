@@ -1,0 +1,573 @@
+"""Training loop: cached log-mels in, checkpoints and a per-epoch history out.
+
+Reproducibility is by construction: every epoch re-seeds torch, numpy, random and the
+loader's generator from (seed, epoch), so resuming from `last.pt` at an epoch boundary
+replays exactly what an uninterrupted run would have done. The learning-rate schedule is a
+pure function of the step, so it survives a resume too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from claudio_daemon.features.frontend import FrontEndConfig
+from training.augment import AugmentConfig, mixup_batch
+from training.cache import Cache
+from training.data import CachedDataset, split_indices
+from training.device import DistInfo, dist_from_env, init_distributed, pick_device
+from training.losses import make_criterion
+from training.metrics import mean_average_precision, sigmoid, top1_accuracy
+from training.models import DEFAULT_MODEL, MODEL_NAMES, create_model
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+SCHEDULERS = ("onecycle", "cosine")
+
+
+@dataclass
+class FitConfig:
+    model: str = DEFAULT_MODEL
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    scheduler: str = "onecycle"
+    #: Fraction of all steps spent warming the learning rate up.
+    warmup: float = 0.1
+    val_folds: tuple[str, ...] = ()
+    test_folds: tuple[str, ...] = ()
+    #: Stop after this many epochs without a better validation mAP; 0 never stops early.
+    patience: int = 10
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: pos_weight bounds for the BCE loss; None trains with plain BCE.
+    pos_weight_clip: tuple[float, float] | None = (1.0, 10.0)
+    workers: int = 2
+    seed: int = 0
+    #: Mixed precision; only used on CUDA.
+    amp: bool = True
+    device: str = "auto"
+    out_dir: str = "runs/train"
+    resume: bool = False
+    #: Stop after this many optimiser steps in total (short test runs); None = no cap.
+    max_steps: int | None = None
+    log_every: int = 50
+    grad_clip: float | None = 5.0
+    quiet: bool = False
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(
+                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}"
+            )
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        overlap = set(map(str, self.val_folds)) & set(map(str, self.test_folds))
+        if overlap:
+            raise ValueError(f"folds {sorted(overlap)} are both validation and test folds")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = asdict(self.augment)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in data.items() if k in known}
+        aug = dict(d.get("augment") or {})
+        aug_known = {f.name for f in fields(AugmentConfig)}
+        d["augment"] = AugmentConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items() if k in aug_known}
+        )
+        for key in ("val_folds", "test_folds"):
+            d[key] = tuple(str(f) for f in d.get(key, ()))
+        if d.get("pos_weight_clip") is not None:
+            d["pos_weight_clip"] = tuple(d["pos_weight_clip"])
+        return cls(**d)
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_metric: float
+    steps: int
+    stopped_early: bool = False
+    test_metrics: dict[str, float] | None = None
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, total: int, scheduler: str, warmup: float) -> float:
+    """Multiplier of the peak lr at `step` (0-based). Both schedules warm up linearly
+    from 1/25 of the peak; "onecycle" then anneals by cosine to 1e-4 of the peak,
+    "cosine" to zero. A step past `total` stays at the final value."""
+    total = max(1, total)
+    warm = int(round(warmup * total))
+    if step < warm:
+        start = 1.0 / 25.0
+        return start + (1.0 - start) * step / max(1, warm)
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    floor = 1e-4 if scheduler == "onecycle" else 0.0
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def training_data_summary(cache: Cache, indices: np.ndarray, folds: tuple[str, ...]) -> dict:
+    """What the exported model tells the daemon (and a reader) about where it came from."""
+    name = str(cache.dataset or "")
+    low = name.lower()
+    if "esc" in low:
+        licence = "ESC-50 clips: CC BY-NC 3.0 (Piczak, 2015); non-commercial use"
+    elif "fsd50k" in low:
+        licence = "FSD50K clips: Creative Commons licences per clip (CC0/BY/BY-NC); see FSD50K"
+    else:
+        licence = "user-supplied recordings; licence as given by their owner"
+    return {
+        "dataset": name or "unknown",
+        "n_clips": int(len(indices)),
+        "train_folds": sorted({str(cache.items[i].fold) for i in indices}) if len(indices) else [],
+        "held_out_folds": list(folds),
+        "licence": licence,
+    }
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    model = create_model(ckpt["model_name"], len(ckpt["labels"]), **ckpt.get("model_kwargs", {}))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `fit`. Only plain data is unpickled (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise ValueError(f"{path}: not a readable training checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "labels" not in ckpt:
+        raise ValueError(f"{path}: not a Claudio training checkpoint (no model/labels)")
+    return ckpt
+
+
+def checkpoint_frontend(ckpt: dict[str, Any]) -> FrontEndConfig:
+    return FrontEndConfig.from_json(ckpt["frontend"])
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run `model` over a loader of (x, y); return float64 logits and targets."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    outs, ys = [], []
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            logits = model(x.to(device, non_blocking=True))
+        outs.append(logits.float().cpu().numpy())
+        ys.append(np.asarray(y))
+    if not outs:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return np.concatenate(outs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+
+
+def _progress_enabled(cfg: FitConfig, dist: DistInfo) -> bool:
+    return dist.is_main and not cfg.quiet and sys.stderr.isatty()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated last.pt
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
+    """Train `cfg.model` on the cache; see the module docstring for the guarantees."""
+    cfg.validate()
+    cache_dir = Path(cache_dir)
+    out = Path(cfg.out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    dist = dist_from_env()
+    device = pick_device(cfg.device, dist.local_rank if dist.enabled else None)
+    init_distributed(dist, device)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+
+    resume_state: dict[str, Any] | None = None
+    if cfg.resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"{last_path}: nothing to resume (no last.pt in --out)")
+        resume_state = load_checkpoint(last_path, map_location="cpu")
+        saved = FitConfig.from_dict(resume_state["config"])
+        # Everything that shapes the run comes from the checkpoint; only where and how
+        # long to run may change on resume.
+        cfg = FitConfig(
+            **{
+                **{f.name: getattr(saved, f.name) for f in fields(FitConfig)},
+                **{
+                    k: getattr(cfg, k)
+                    for k in (
+                        "epochs",
+                        "max_steps",
+                        "workers",
+                        "device",
+                        "out_dir",
+                        "quiet",
+                        "log_every",
+                        "patience",
+                    )
+                },
+                "resume": True,
+            }
+        )
+    elif last_path.exists():
+        raise FileExistsError(
+            f"{out} already holds a training run (last.pt); pass --resume to continue it "
+            "or choose another --out"
+        )
+
+    cache = Cache.open(cache_dir)
+    labels = tuple(cache.labels)
+    train_idx, val_idx, test_idx = split_indices(cache, cfg.val_folds, cfg.test_folds)
+    train_idx = np.asarray(train_idx)
+    if len(train_idx) == 0:
+        raise ValueError(f"{cache_dir}: no training clips left after holding out folds")
+    if _ensure_stats(cache_dir, train_idx, dist):
+        cache = Cache.open(cache_dir)  # re-open so the datasets normalise with the new stats
+    frontend = cache.frontend
+    if resume_state is not None and resume_state["labels"] != list(labels):
+        raise ValueError(f"{cache_dir}: cache labels differ from the checkpoint's; cannot resume")
+
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    augment = cfg.augment if getattr(cfg.augment, "enabled", True) else None
+    train_ds = CachedDataset(cache, train_idx, augment=augment, seed=cfg.seed)
+    val_ds = CachedDataset(cache, np.asarray(val_idx), augment=None, seed=cfg.seed)
+
+    loader_gen = torch.Generator()
+    sampler = None
+    if dist.enabled:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(
+            train_ds,
+            num_replicas=dist.world_size,
+            rank=dist.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+        )
+    per_rank = len(train_ds) // dist.world_size if dist.enabled else len(train_ds)
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=per_rank > cfg.batch_size,
+        generator=loader_gen,
+    )
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+    )
+
+    model: nn.Module = create_model(cfg.model, len(labels), **cfg.model_kwargs).to(device)
+    criterion = make_criterion(cache.targets[train_idx], cfg.pos_weight_clip).to(device)
+    eval_criterion = nn.BCEWithLogitsLoss()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, cfg.scheduler, cfg.warmup)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, step, best, best_epoch, bad_epochs = 0, 0, -math.inf, -1, 0
+    history: list[dict[str, Any]] = []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state["scaler"])
+        start_epoch = int(resume_state["epoch"]) + 1
+        step = int(resume_state["step"])
+        best = float(resume_state["best_metric"])
+        best_epoch = int(resume_state["best_epoch"])
+        bad_epochs = int(resume_state.get("bad_epochs", 0))
+        history = list(resume_state.get("history", []))
+        log.info("resuming %s at epoch %d, step %d", last_path, start_epoch + 1, step)
+
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    summary = training_data_summary(cache, train_idx, (*cfg.val_folds, *cfg.test_folds))
+    base_state = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": cfg.model,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "labels": list(labels),
+        "multi_label": bool(cache.multi_label),
+        "frontend": frontend.to_json(),
+        "training_data": summary,
+    }
+    mix_alpha = float(getattr(cfg.augment, "mixup_alpha", 0.0) or 0.0) if augment else 0.0
+    progress = _progress_enabled(cfg, dist)
+    stopped_early = False
+    if dist.is_main:
+        log.info(
+            "training %s on %d clips (%d val, %d test), %d labels, %d steps/epoch on %s%s",
+            cfg.model,
+            len(train_idx),
+            len(val_idx),
+            len(test_idx),
+            len(labels),
+            steps_per_epoch,
+            device,
+            " with AMP" if use_amp else "",
+        )
+
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        epoch_seed = cfg.seed * 100_003 + epoch
+        seed_everything(epoch_seed)
+        loader_gen.manual_seed(epoch_seed)
+        mix_gen = torch.Generator().manual_seed(epoch_seed)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)
+        model.train()
+        t0 = time.monotonic()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_batches = 0
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
+        )
+        for x, y in bar:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True).float()
+            if mix_alpha > 0:
+                x, y = mixup_batch(x, y, mix_alpha, mix_gen)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            n_batches += 1
+            loss_sum += loss.detach().double()
+            if progress:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            elif dist.is_main and cfg.log_every and step % cfg.log_every == 0:
+                log.info("step %d loss %.4f lr %.2e", step, loss.item(), scheduler.get_last_lr()[0])
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        bar.close()
+        stats = torch.stack([loss_sum, torch.tensor(float(n_batches), device=device).double()])
+        if dist.enabled:
+            torch.distributed.all_reduce(stats)
+        train_loss = float(stats[0] / max(1.0, float(stats[1])))
+
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": float(scheduler.get_last_lr()[0]),
+            "train_loss": train_loss,
+            "seconds": round(time.monotonic() - t0, 3),
+        }
+        improved = False
+        if dist.is_main:
+            if len(val_ds):
+                logits, targets = predict_logits(unwrap(model), val_loader, device, use_amp)
+                record["val_loss"] = float(
+                    eval_criterion(torch.from_numpy(logits), torch.from_numpy(targets))
+                )
+                record["val_map"] = mean_average_precision(targets, sigmoid(logits))
+                if not cache.multi_label:
+                    record["val_accuracy"] = top1_accuracy(targets, logits)
+                metric = record["val_map"]
+            else:
+                metric = -train_loss  # no validation folds: lower training loss is "better"
+            if not math.isnan(metric) and metric > best:
+                best, best_epoch, bad_epochs, improved = metric, epoch + 1, 0, True
+            else:
+                bad_epochs += 1
+            record["best_epoch"] = best_epoch
+            history.append(record)
+            state = {
+                **base_state,
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best_metric": best,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "config": cfg.to_dict(),
+                "history": history,
+            }
+            _save(state, last_path)
+            if improved:
+                _save(state, best_path)
+            _write_json(out / "history.json", history)
+            log.info(
+                "epoch %d: train loss %.4f%s",
+                epoch + 1,
+                train_loss,
+                "".join(
+                    f", {k} {record[k]:.4f}"
+                    for k in ("val_loss", "val_map", "val_accuracy")
+                    if k in record
+                ),
+            )
+        stop = bool(cfg.patience and bad_epochs >= cfg.patience)
+        if dist.enabled:
+            flag = [stop, history]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            stop, history = bool(flag[0]), flag[1]
+        if stop:
+            stopped_early = True
+            if dist.is_main:
+                log.info("early stop: no better val mAP for %d epochs", cfg.patience)
+            break
+
+    test_metrics = None
+    if dist.is_main and len(test_idx) and best_path.is_file():
+        test_metrics = _evaluate_indices(best_path, cache, np.asarray(test_idx), cfg, device)
+        _write_json(out / "test_metrics.json", test_metrics)
+    if dist.enabled:
+        torch.distributed.barrier()
+    return FitResult(
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        history=history,
+        best_metric=best,
+        steps=step,
+        stopped_early=stopped_early,
+        test_metrics=test_metrics,
+    )
+
+
+def _ensure_stats(cache_dir: Path, train_idx: np.ndarray, dist: DistInfo) -> bool:
+    """Normalisation statistics must come from training clips only; compute them if the
+    cache has none yet (rank 0 writes, the others wait). True when they were computed."""
+    if (cache_dir / "stats.json").is_file():
+        return False
+    from training.stats import compute_stats
+
+    if dist.is_main:
+        log.info(
+            "no stats.json in %s: computing mean/std over the %d training clips",
+            cache_dir,
+            len(train_idx),
+        )
+        compute_stats(cache_dir, indices=train_idx)
+    if dist.enabled:
+        torch.distributed.barrier()
+    return True
+
+
+def _evaluate_indices(
+    checkpoint: Path, cache: Cache, indices: np.ndarray, cfg: FitConfig, device: torch.device
+) -> dict[str, float]:
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model_from_checkpoint(ckpt).to(device)
+    ds = CachedDataset(cache, indices, augment=None, seed=cfg.seed)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    logits, targets = predict_logits(model, loader, device)
+    res = {"map": mean_average_precision(targets, sigmoid(logits)), "n_clips": int(len(indices))}
+    if not cache.multi_label:
+        res["accuracy"] = top1_accuracy(targets, logits)
+    return res
