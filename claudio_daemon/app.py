@@ -226,9 +226,11 @@ def run_service(
 ) -> int:
     """The daemon: listen until SIGTERM, then flush MQTT and say offline."""
     from claudio_daemon.service.notify import SystemdNotifier
-    from claudio_daemon.service.reload import Reloader
+    from claudio_daemon.service.reload import FileWatcher, Reloader
     from claudio_daemon.service.signals import install_handlers
 
+    # Watch before the first load, so an edit made while we start up is not missed.
+    watcher = FileWatcher(rules_path)
     parts = assemble(rules_path, model_path)
     labels = parts.classifier.labels if parts.classifier is not None else None
     notifier = SystemdNotifier.from_env()
@@ -238,6 +240,7 @@ def run_service(
         load=lambda p: load_checked_rules(p, labels),
         apply=parts.pipeline.replace_rules,
         notifier=notifier,
+        watcher=watcher,
     )
     runner.housekeeping = reloader.check
     publisher = make_publisher(parts.rules, runner, parts.classifier)

@@ -34,7 +34,10 @@ ModelOpt = Annotated[
     Optional[Path],
     typer.Option("--model", "-m", help="ONNX model (default: rules.yaml, then the shipped one)."),
 ]
-LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+LogOpt = Annotated[
+    str,
+    typer.Option("--log-level", envvar="CLAUDIO_LOG_LEVEL", help="debug, info, warning, error."),
+]
 
 
 def _fail(message: str) -> None:

@@ -64,10 +64,6 @@ tar -C "$src" --exclude='__pycache__' --exclude='*.egg-info' -cf - \
 "$prefix/.venv/bin/python" -m pip install -q --upgrade pip
 "$prefix/.venv/bin/python" -m pip install -q --upgrade "$build"
 [ -f "$src/docs/service.md" ] && install -m 0644 "$src/docs/service.md" "$prefix/docs/service.md"
-if compgen -G "$src/models/*.onnx" >/dev/null; then
-  install -d -m 0755 "$prefix/models"
-  install -m 0644 "$src"/models/*.onnx "$prefix/models/"
-fi
 say "installed $("$prefix/.venv/bin/python" -m pip show claudio | sed -n 's/^Version: /claudio /p') in $prefix/.venv"
 
 # --- configuration ---------------------------------------------------------------------
@@ -75,8 +71,8 @@ say "installed $("$prefix/.venv/bin/python" -m pip show claudio | sed -n 's/^Ver
 install -d -m 0750 -o root -g claudio "$confdir"
 if [ ! -e "$confdir/rules.yaml" ]; then
   if [ -z "$rules_example" ]; then
-    for cand in rules.example.yaml examples/rules.yaml examples/rules.example.yaml \
-                claudio_daemon/rules/example.yaml; do
+    # The annotated rules.yaml at the top of the checkout is the example.
+    for cand in rules.yaml rules.example.yaml examples/rules.yaml; do
       [ -f "$src/$cand" ] && { rules_example="$src/$cand"; break; }
     done
   fi

@@ -12,6 +12,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.onnx_model",
+    "tests.fixtures.pulse",
 ]
 
 

@@ -218,6 +218,10 @@ def test_mic_source_unknown_device_lists_inputs(pulse_server: PulseServer) -> No
         MicSource("no-such-mic", RATE)
     with pytest.raises(AudioDeviceError, match=r"#999 not found.*available inputs"):
         MicSource(999, RATE)
+    src = open_source("Pulse", file=None, target_rate=RATE, block_size=512)
+    assert isinstance(src, MicSource) and src.device.name == "pulse" and src.block_size == 512
+    defaults = [d for d in list_input_devices() if d.is_default]
+    assert len(defaults) == 1 and MicSource(None, RATE).device == defaults[0]
 
 
 def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_path: Path) -> None:  # noqa: F811

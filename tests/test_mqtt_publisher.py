@@ -200,7 +200,7 @@ def test_in_flight_actions_survive_a_broker_crash(mosquitto, started, client) ->
         settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2),
         client_factory=factory,
     )
-    p.resend_grace_s = 100
+    p.resend_grace_s = 0.3
     assert p.wait_connected(5)
     mosquitto.pause()
     for i in range(3):
@@ -216,6 +216,29 @@ def test_in_flight_actions_survive_a_broker_crash(mosquitto, started, client) ->
         expected = [f"F{i}".encode() for i in range(5)]
         msgs = sub.wait_for(lambda m: len(m) >= 5, 5)
     assert [x[1] for x in msgs] == expected
+
+
+def test_started_while_broker_is_down(mosquitto, started, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
+    mosquitto.stop()
+    p = start(started, settings_for(mosquitto))
+    p.send_action(lamp("EARLY"))
+    assert not p.wait_connected(0.3)
+    assert any("cannot reach broker" in r.getMessage() for r in caplog.records)
+    mosquitto.start()
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
+        assert p.wait_connected(5)
+        assert p.flush(5)
+        assert sub.wait_for(lambda m: m)[0][1] == b"EARLY"
+
+
+def test_mqtt_v5(mosquitto, started) -> None:
+    p = start(started, settings_for(mosquitto, protocol="5"))
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP, "claudio/available"]) as sub:
+        _assert_delivers(mosquitto, p)
+        msgs = sub.wait_for(lambda m: any(t == LAMP for t, _, _ in m))
+        assert (LAMP, b"ON", False) in msgs
+    assert "(p5," in mosquitto.logs()  # the broker saw protocol level 5
 
 
 def test_full_outbox_drops_levels_and_events_before_commands(mosquitto, started, caplog) -> None:

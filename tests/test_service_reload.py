@@ -257,6 +257,35 @@ def test_reloader_tells_systemd_about_reloads(tmp_path: Path) -> None:
         sock.close()
 
 
+def test_reloader_with_the_real_rules_loader_and_example(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loader = pytest.importorskip("claudio_daemon.rules.loader")
+    example = (ROOT / "rules.yaml").read_text()
+    f = tmp_path / "rules.yaml"
+    write(f, example, 1_000_000_000)
+    holder: list[object] = []
+    r = Reloader(f, loader.load_rules, holder.append, min_interval_s=0.5)
+    n_triggers = len(loader.load_rules(f).triggers)
+    caplog.set_level(logging.INFO, logger="claudio_daemon.service.reload")
+
+    lines = example.splitlines()
+    port_line = lines.index("  port: 1883") + 1
+    write(f, example.replace("  port: 1883", "  port: 1883\n  colour: red"), 2_000_000_000)
+    assert [r.check(0.5), r.check(1.0)] == [ReloadResult.UNCHANGED, ReloadResult.REJECTED]
+    assert holder == []
+    (record,) = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert record.getMessage().startswith(
+        f"{f}:{port_line + 1}: mqtt.colour: unknown key 'colour'"
+    )
+    assert record.getMessage().endswith(" - keeping the previous rules")
+
+    write(f, example, 3_000_000_000)
+    assert [r.check(1.5), r.check(2.0)] == [ReloadResult.UNCHANGED, ReloadResult.RELOADED]
+    assert len(holder) == 1
+    assert caplog.messages[-1] == f"rules reloaded: {n_triggers} triggers"
+
+
 # --- signals (real signals to this process) ---------------------------------------------------
 
 

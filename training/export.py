@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,15 +60,18 @@ def _torch_export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset
         opset_version=opset,
     )
     try:
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            do_constant_folding=True,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # The legacy exporter is chosen on purpose (see above); its notice is noise.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(path),
+                dynamo=False,
+                do_constant_folding=True,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                **kwargs,
+            )
         return "torchscript"
     except Exception as exc:  # fall back to the other exporter, whatever the failure
         log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
@@ -78,17 +82,10 @@ def _torch_export(model: torch.nn.Module, dummy: torch.Tensor, path: Path, opset
         str(path),
         dynamo=True,
         external_data=False,
-        dynamic_shapes={"x": {0: batch}} if _first_arg(model) == "x" else ({0: batch},),
+        dynamic_shapes=({0: batch},),
         **kwargs,
     )
     return "dynamo"
-
-
-def _first_arg(model: torch.nn.Module) -> str:
-    import inspect
-
-    params = list(inspect.signature(model.forward).parameters)
-    return params[0] if params else "x"
 
 
 def _write_metadata(path: Path, meta: ModelMetadata, opset_floor: int) -> int:

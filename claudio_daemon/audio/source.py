@@ -322,21 +322,31 @@ class MicSource:
     def _open(self) -> Any:
         sd = _sd()
         self._stream_ended.clear()
-        stream = sd.InputStream(
-            device=self.device.index,
-            channels=1,
-            samplerate=self.native_rate,
-            dtype="float32",
-            blocksize=0,
-            latency=self._latency,
-            callback=self._callback,
-            finished_callback=self._stream_ended.set,
-        )
-        try:
-            stream.start()
-        except Exception:
-            stream.close(ignore_errors=True)
-            raise
+        # Mono if the device allows it; some only open with all their channels, and then
+        # the callback keeps the first one.
+        channel_options = [1] + ([self.device.channels] if self.device.channels > 1 else [])
+        for i, channels in enumerate(channel_options):
+            try:
+                stream = sd.InputStream(
+                    device=self.device.index,
+                    channels=channels,
+                    samplerate=self.native_rate,
+                    dtype="float32",
+                    blocksize=0,
+                    latency=self._latency,
+                    callback=self._callback,
+                    finished_callback=self._stream_ended.set,
+                )
+            except sd.PortAudioError:
+                if i == len(channel_options) - 1:
+                    raise
+                continue
+            try:
+                stream.start()
+            except Exception:
+                stream.close(ignore_errors=True)
+                raise
+            break
         log.info(
             "listening on [%d] %r at %d Hz (model rate %d Hz)",
             self.device.index,
@@ -365,6 +375,8 @@ class MicSource:
 
     def blocks(self) -> Iterator[AudioBlock]:
         sd = _sd()
+        while not self._queue.empty():  # leftovers of an earlier blocks() run
+            self._queue.get_nowait()
         try:
             stream = self._open()
         except sd.PortAudioError as exc:
@@ -392,7 +404,7 @@ class MicSource:
                 log.warning(
                     "audio input %r %s; reopening",
                     self.device.name,
-                    "stopped" if failed else f"delivered nothing for {self._stall_s:.0f} s",
+                    "stopped" if failed else f"delivered nothing for {self._stall_s:g} s",
                 )
                 stream.close(ignore_errors=True)
                 stream = None

@@ -320,3 +320,34 @@ class ClapDetector:
             score=score,
             is_clap=score >= s.min_score and level_db >= s.min_level_db,
         )
+
+
+class BusyBackgroundGate:
+    """Claps must stand out from a background that is itself full of transients.
+
+    The noise floor cannot see a ticking clock or typing: between ticks the room is quiet.
+    This gate remembers every transient (clap-shaped or not) of the last
+    `busy_window_s`; when there are many, a clap must be `busy_margin_db` louder than
+    their median. A command of a few claps barely moves the median, applause (all
+    transients alike) is muted, which is what we want anyway.
+    """
+
+    def __init__(self, settings: ClapSettings, sample_rate: int) -> None:
+        self.settings = settings
+        self.window = int(settings.busy_window_s * sample_rate)
+        self._recent: list[tuple[int, float]] = []
+
+    def reset(self) -> None:
+        self._recent = []
+
+    def admit(self, cand: ClapCandidate) -> bool:
+        """Record `cand` and say whether it may count as a clap (pass candidates in order)."""
+        s = self.settings
+        self._recent = [(t, v) for t, v in self._recent if cand.sample - t <= self.window]
+        ok = True
+        if len(self._recent) >= s.busy_min_transients:
+            typical = float(np.median([v for _, v in self._recent]))
+            ok = cand.level_db >= typical + s.busy_margin_db
+        self._recent.append((cand.sample, cand.level_db))
+        return ok
+

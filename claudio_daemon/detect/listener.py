@@ -15,7 +15,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from claudio_daemon.detect.claps import HOP, ClapCandidate, ClapDetector, _History
+from claudio_daemon.detect.claps import (
+    HOP,
+    BusyBackgroundGate,
+    ClapCandidate,
+    ClapDetector,
+    _History,
+)
 from claudio_daemon.detect.patterns import PatternGrouper
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.detect.verify import ClapVerifier, Verdict
@@ -48,6 +54,7 @@ class ClapListener:
         self.classify = classify
         self.detector = ClapDetector(settings, sample_rate)
         self.grouper = PatternGrouper(settings, sample_rate, max_count)
+        self.gate = BusyBackgroundGate(settings, sample_rate)
         self._verifier: ClapVerifier | None = None
         self.set_max_count(max_count)
         self.candidates: list[ClapCandidate] = []
@@ -64,6 +71,7 @@ class ClapListener:
     def reset(self) -> None:
         self.detector.reset()
         self.grouper.reset()
+        self.gate.reset()
         self.ring = _History(self._keep)
         self.position = 0
         self.candidates = []
@@ -94,7 +102,7 @@ class ClapListener:
                 self.candidates.append(cand)
                 if len(self.candidates) > 256:
                     del self.candidates[:128]
-                if cand.is_clap:
+                if self.gate.admit(cand) and cand.is_clap:
                     out.extend(self._decide(self.grouper.push_clap(cand.to_clap())))
             out.extend(self._decide(self.grouper.advance(self.detector.settled_sample)))
         return out

@@ -65,7 +65,7 @@ class ClapSettings(StrictModel):
 
     # --- transient shape ---------------------------------------------------------------
     max_rise_ms: float = Field(
-        12.0,
+        20.0,
         ge=0.5,
         le=100.0,
         description="Longest time from onset to peak; claps reach their peak within a few ms.",
@@ -140,6 +140,27 @@ class ClapSettings(StrictModel):
         description="Claps of one pattern are about equally loud: a transient this much "
         "quieter than the loudest clap of the current group is background (crickets, a "
         "ticking clock) and is ignored; one this much louder starts a new group.",
+    )
+    busy_window_s: float = Field(
+        4.0,
+        ge=0.5,
+        le=30.0,
+        description="How far back the detector looks to judge whether the background is "
+        "full of transients (typing, a ticking clock, crickets).",
+    )
+    busy_min_transients: int = Field(
+        5,
+        ge=2,
+        le=100,
+        description="With at least this many transients in busy_window_s, a clap must be "
+        "busy_margin_db louder than their median level.",
+    )
+    busy_margin_db: float = Field(
+        6.0,
+        ge=0.0,
+        le=40.0,
+        description="How much louder than the typical background transient a clap must be "
+        "when the background is busy.",
     )
     applause_quiet_s: float = Field(
         1.5,

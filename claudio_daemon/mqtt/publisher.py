@@ -343,7 +343,12 @@ class MqttPublisher:
         self._enqueue_away(away)
 
     def publish_discovery(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Retained HA discovery configs; re-sent on reconnect and when HA comes online."""
+        """Retained HA discovery configs; re-sent on reconnect and when HA comes online.
+
+        Does nothing when `discovery.enabled` is false, so callers need not check.
+        """
+        if not self.settings.discovery.enabled:
+            return
         self._discovery = list(messages)
         self._enqueue_discovery()
 
@@ -375,7 +380,7 @@ class MqttPublisher:
             return
         with self._lock:
             if self._closed:
-                log.warning("MQTT: publisher stopped; not sending to %s", topic)
+                log.debug("MQTT: publisher stopped; not sending to %s", topic)
                 return
             self._put_locked(topic, payload, priority, retain, key)
         self._wake.set()

@@ -194,8 +194,8 @@ class Reloader(Generic[T]):
             self._apply(value)
         except Exception as exc:
             self.last_error = _error_line(exc, self.path)
-            log.error("could not apply %s: %s - keeping the previous %s",
-                      self.path.name, self.last_error, self._what)
+            log.error("could not apply the new %s: %s - keeping the previous %s",
+                      self._what, self.last_error, self._what)
             return ReloadResult.REJECTED
         self.last_error = None
         summary = self._describe(value)
@@ -222,8 +222,9 @@ def _error_line(exc: BaseException, path: Path) -> str:
     text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     if not text:
         text = type(exc).__name__
-    elif not isinstance(exc, (ValueError, OSError)):
-        text = f"{type(exc).__name__}: {text}"
     if path.name not in text:
+        # Not a message written for the user about this file: say what kind of failure it is.
+        if not isinstance(exc, (ValueError, OSError)) and text != type(exc).__name__:
+            text = f"{type(exc).__name__}: {text}"
         text = f"{path.name}: {text}"
     return text

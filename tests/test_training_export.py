@@ -1,0 +1,104 @@
+"""ONNX export: every model, parity with torch, metadata, INT8, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from claudio_daemon.features.frontend import FrontEndConfig
+from claudio_daemon.model.metadata import ModelMetadata
+from training.export import ExportError, export_onnx
+from training.models import MODEL_NAMES, create_model
+
+LABELS = ["dog", "clapping", "rain"]
+
+
+def _checkpoint(tmp_path: Path, name: str, **kw) -> Path:
+    torch.manual_seed(0)
+    model = create_model(name, len(LABELS), **kw).eval()
+    # Non-trivial BatchNorm statistics, so the export must carry them correctly.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    path = tmp_path / f"{name}.pt"
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "model_name": name,
+            "model_kwargs": kw,
+            "labels": LABELS,
+            "frontend": FrontEndConfig().with_stats(-42.5, 17.25).to_json(),
+            "training_data": {"dataset": "unit", "n_clips": 3, "licence": "test"},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_exports_with_parity(tmp_path: Path, name: str) -> None:
+    ckpt = _checkpoint(tmp_path, name)
+    real = np.random.default_rng(1).standard_normal((2, 1, 128, 256)).astype(np.float32)
+    rep = export_onnx(ckpt, tmp_path / f"{name}.onnx", parity_inputs=real)
+    assert rep.parity_max_abs < 1e-4
+    assert rep.opset >= 17
+    sess = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["mel"]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    for batch in (1, 4):  # the batch axis is dynamic
+        out = sess.run(None, {"mel": np.zeros((batch, 1, 128, 256), np.float32)})[0]
+        assert out.shape == (batch, len(LABELS))
+
+
+def test_metadata_is_readable_by_the_daemon_side(tmp_path: Path) -> None:
+    rep = export_onnx(_checkpoint(tmp_path, "simple_cnn"), tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(rep.path)).metadata_props}
+    meta = ModelMetadata.from_onnx_props(props)
+    assert meta.labels == tuple(LABELS)
+    assert meta.model_name == "simple_cnn"
+    assert (meta.frontend.mean, meta.frontend.std) == (-42.5, 17.25)
+    assert meta.frontend.n_frames == 256
+    assert meta.training_data["dataset"] == "unit"
+    assert meta.output == "logits"
+
+
+def test_int8_model_is_written_and_close(tmp_path: Path) -> None:
+    calib = np.random.default_rng(2).standard_normal((4, 1, 128, 256)).astype(np.float32)
+    rep = export_onnx(
+        _checkpoint(tmp_path, "simple_cnn"), tmp_path / "m.onnx", quantize_int8=True,
+        parity_inputs=calib,
+    )
+    assert rep.int8_path is not None and rep.int8_path.is_file()
+    assert rep.int8_size_bytes < rep.size_bytes
+    graph_ops = {n.op_type for n in onnx.load(str(rep.int8_path)).graph.node}
+    assert "QuantizeLinear" in graph_ops
+    props = {p.key: p.value for p in onnx.load(str(rep.int8_path)).metadata_props}
+    assert ModelMetadata.from_onnx_props(props).labels == tuple(LABELS)
+    assert rep.int8_max_abs is not None and rep.int8_max_abs < 1.0
+
+
+def test_old_opset_and_bad_checkpoints_are_refused(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, "simple_cnn")
+    with pytest.raises(ValueError, match="opset must be >= 17"):
+        export_onnx(ckpt, tmp_path / "m.onnx", opset=13)
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        export_onnx(tmp_path / "nope.pt", tmp_path / "m.onnx")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt: not a readable training checkpoint"):
+        export_onnx(junk, tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="parity inputs have shape"):
+        export_onnx(ckpt, tmp_path / "m.onnx", parity_inputs=np.zeros((1, 1, 64, 256), np.float32))
+
+
+def test_parity_failure_raises(tmp_path: Path) -> None:
+    # A tolerance no float32 graph can meet must trip the check rather than pass silently.
+    with pytest.raises(ExportError, match="differ from torch"):
+        export_onnx(_checkpoint(tmp_path, "resnet18"), tmp_path / "m.onnx", tolerance=0.0)

@@ -1,0 +1,213 @@
+"""End to end on a generated ESC-50-layout dataset: precache -> stats -> fit -> evaluate ->
+export, through the Python API and the `claudio-train` CLI; resume; error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from claudio_daemon.features.frontend import FrontEndConfig
+from claudio_daemon.model.metadata import ModelMetadata
+from training.augment import AugmentConfig
+from training.cache import Cache, precache
+from training.cli import app
+from training.datasets import load_dataset
+from training.evaluate import EvaluationError, evaluate
+from training.export import export_onnx
+from training.fit import FitConfig, fit, load_checkpoint, lr_factor
+from training.stats import compute_stats
+
+KINDS = ("tone", "noise", "clapping")
+
+
+def _sound(kind: str, sr: int, rng: np.random.Generator) -> np.ndarray:
+    n = sr  # one second; the loader tiles it to the 5.94 s clip
+    t = np.arange(n) / sr
+    if kind == "tone":
+        return 0.3 * np.sin(2 * np.pi * rng.uniform(400, 1500) * t)
+    if kind == "noise":
+        return 0.1 * rng.standard_normal(n)
+    x = np.zeros(n)
+    for start in rng.integers(0, n - 300, size=5):  # sharp decaying bursts, like claps
+        x[start : start + 300] += rng.standard_normal(300) * np.exp(-np.arange(300) / 40)
+    return 0.5 * x
+
+
+def make_esc50(root: Path, folds: int = 3, per_class: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for fold in range(1, folds + 1):
+        for target, kind in enumerate(KINDS):
+            for k in range(per_class):
+                sr = 16000 if k % 2 else 22050  # two source rates, as in the real data
+                name = f"{fold}-{kind}-{k}.wav"
+                sf.write(root / "audio" / name, _sound(kind, sr, rng).astype(np.float32), sr)
+                rows.append(f"{name},{fold},{target},{kind},False,{k},A")
+    (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_esc50(tmp_path_factory.mktemp("esc") / "esc50")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cache")
+    precache(load_dataset(dataset), out, FrontEndConfig(), workers=0, progress=False)
+    cache = Cache.open(out)
+    compute_stats(out, indices=cache.indices_for_folds(["1", "2"]))
+    return out
+
+
+def _cfg(out: Path, **kw) -> FitConfig:
+    base = dict(
+        model="simple_cnn", epochs=2, batch_size=4, lr=3e-3, val_folds=("3",), workers=0,
+        out_dir=str(out), quiet=True, augment=AugmentConfig(mixup_alpha=0.2),
+    )
+    return FitConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return fit(cache_dir, _cfg(tmp_path_factory.mktemp("run")))
+
+
+def test_fit_writes_checkpoints_and_history(trained, cache_dir: Path) -> None:
+    assert trained.best_checkpoint.is_file() and trained.last_checkpoint.is_file()
+    history = json.loads((trained.last_checkpoint.parent / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["step"] == trained.steps == 2 * 3  # 12 training clips / batch 4
+    for key in ("train_loss", "val_loss", "val_map", "val_accuracy"):
+        assert np.isfinite(history[-1][key]), key
+    ckpt = load_checkpoint(trained.last_checkpoint)
+    assert ckpt["labels"] == list(KINDS)
+    assert ckpt["step"] == 6 and ckpt["epoch"] == 1
+    assert {"optimizer", "scheduler", "scaler", "config", "frontend"} <= set(ckpt)
+    fe = FrontEndConfig.from_json(ckpt["frontend"])
+    assert fe == Cache.open(cache_dir).frontend and fe.std != 1.0
+    assert ckpt["training_data"]["n_clips"] == 12
+    assert "CC BY-NC" in ckpt["training_data"]["licence"]
+
+
+def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path, trained) -> None:
+    out = tmp_path / "run"
+    first = fit(cache_dir, _cfg(out, epochs=1))
+    assert first.steps == 3
+    second = fit(cache_dir, _cfg(out, epochs=2, resume=True))
+    assert second.steps == 6
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    # One run of two epochs and a one-epoch run resumed for a second end identically.
+    a = load_checkpoint(trained.last_checkpoint)["model"]
+    b = load_checkpoint(second.last_checkpoint)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_max_steps_caps_and_resume_needs_a_run(cache_dir: Path, tmp_path: Path) -> None:
+    res = fit(cache_dir, _cfg(tmp_path / "a", epochs=5, max_steps=2, val_folds=()))
+    assert res.steps == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(cache_dir, _cfg(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        fit(cache_dir, _cfg(tmp_path / "b", resume=True))
+    with pytest.raises(ValueError, match="not in the cache"):
+        fit(cache_dir, _cfg(tmp_path / "c", val_folds=("9",)))
+    with pytest.raises(ValueError, match="scheduler"):
+        fit(cache_dir, _cfg(tmp_path / "d", scheduler="step"))
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    f = [lr_factor(s, 100, "onecycle", 0.1) for s in range(101)]
+    assert f[0] == pytest.approx(1 / 25) and f[10] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:11], strict=True))
+    assert all(a >= b for a, b in zip(f[10:-1], f[11:], strict=True))
+    assert f[100] == pytest.approx(1e-4)
+    assert lr_factor(100, 100, "cosine", 0.1) == pytest.approx(0.0)
+
+
+def test_checkpoint_and_onnx_evaluate_alike(trained, cache_dir: Path, dataset: Path, tmp_path: Path):
+    onnx_path = tmp_path / "model.onnx"
+    rep = export_onnx(trained.best_checkpoint, onnx_path, parity_inputs=cache_dir)
+    assert rep.parity_max_abs < 1e-4 and rep.n_parity_inputs > 4
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    meta = ModelMetadata.from_onnx_props(props)
+    assert meta.labels == KINDS and meta.model_name == "simple_cnn"
+    assert meta.frontend == Cache.open(cache_dir).frontend
+    assert meta.training_data["dataset"] == "esc50"
+
+    a = evaluate(trained.best_checkpoint, cache_dir, folds=("3",), out_dir=tmp_path / "ev").metrics
+    # The ONNX model on the raw recordings: decoded and turned into log-mels afresh.
+    b = evaluate(onnx_path, dataset, folds=("3",)).metrics
+    assert a["n_clips"] == b["n_clips"] == 6
+    for key in ("map", "accuracy", "clap_vs_rest_ap", "f1"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert set(a["by_source_rate"]) == {"16000", "22050"}
+    assert a["by_source_rate"]["16000"]["n_clips"] == 3
+    assert set(a["per_class"]) == set(KINDS)
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "Best labels" in report and "clapping vs rest AP" in report
+    assert (tmp_path / "ev" / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["map"] == pytest.approx(a["map"])
+
+
+def test_evaluate_rejects_data_without_shared_labels(trained, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    (other / "meta").mkdir(parents=True)
+    (other / "audio").mkdir()
+    sf.write(other / "audio" / "x.wav", np.zeros(1000, np.float32) + 0.1, 22050)
+    (other / "meta" / "esc50.csv").write_text(
+        "filename,fold,target,category\nx.wav,1,0,siren\n"
+    )
+    with pytest.raises(EvaluationError, match="share no label names"):
+        evaluate(trained.best_checkpoint, other)
+
+
+def test_cli_end_to_end(dataset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache, run, model = tmp_path / "cache", tmp_path / "run", tmp_path / "m.onnx"
+
+    def ok(*args: str) -> str:
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+        return res.stdout
+
+    assert "cached 18 clips" in ok("precache", dataset, "--cache", cache, "--workers", "0")
+    assert "over 12 clips" in ok("stats", "--cache", cache, "--exclude", "3")
+    ok("fit", "--cache", cache, "--out", run, "--model", "simple_cnn", "--epochs", "1",
+       "--batch-size", "4", "--val-fold", "3", "--workers", "0", "--no-augment", "--max-steps", "2")
+    assert "trained 2 steps" in ok("fit", "--cache", cache, "--out", run, "--epochs", "2",
+                                   "--max-steps", "3", "--workers", "0", "--resume")
+    assert "parity" in ok("export", run / "best.pt", "--out", model)
+    out = json.loads(ok("evaluate", model, dataset, "--folds", "3", "--json"))
+    assert 0.0 <= out["map"] <= 1.0 and 0.0 <= out["accuracy"] <= 1.0
+    assert out["model_kind"] == "onnx"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "missing.pt", "."], "missing.pt: model file not found"),
+        (["precache", "no/such/dir", "--cache", "c"], "no/such/dir: dataset folder not found"),
+        (["stats", "--cache", "no_cache"], "no complete cache here"),
+        (["export", "missing.pt", "--out", "m.onnx"], "missing.pt: checkpoint not found"),
+    ],
+)
+def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
