@@ -161,7 +161,10 @@ def cut_events(
             if kept >= max_per_clip:
                 break
             near = [o for j, o in enumerate(cands) if j != i and abs(o.sample - c.sample) < iso]
-            if near or c.level_db - c.floor_db < 25 or (only_claps and not c.is_clap):
+            if near or c.level_db - c.floor_db < 25:
+                continue
+            # A clean, single-burst clap: its onset stays put whatever noise is added.
+            if only_claps and not (c.is_clap and c.rise_ms <= 6.0 and c.score >= 0.8):
                 continue
             a = c.sample - EVENT_PRE
             if a < 0 or a + n_len > len(x):

@@ -21,7 +21,7 @@ from claudio_daemon.audio.source import (
     list_input_devices,
     open_source,
 )
-from tests.fixtures.pulse import PulseServer, pulse_server  # noqa: F401
+from tests.fixtures.pulse import PulseServer
 
 RATE = 22050
 

@@ -186,6 +186,30 @@ def test_published_retained_and_resent_when_ha_comes_online(mosquitto, custom_pr
         publisher.stop(timeout=2)
 
 
+def test_configure_discovery_uses_version_and_lists(mosquitto) -> None:
+    from claudio_daemon import __version__
+
+    s = MqttSettings(
+        host=mosquitto.host, port=mosquitto.port, client_id="claudio-conf",
+        discovery={"node_id": "conf"},
+    )
+    publisher = MqttPublisher(s)
+    publisher.configure_discovery(clap_counts=[3, 2], sound_labels=["dog"], device_name="Den")
+    publisher.start()
+    try:
+        assert publisher.flush(5)
+        topics = ["homeassistant/event/conf/+/config"]
+        with Subscriber(mosquitto.host, mosquitto.port, topics) as sub:
+            got = {t: json.loads(p) for t, p, _ in sub.wait_for(lambda m: len(m) >= 2)}
+    finally:
+        publisher.stop(timeout=2)
+    claps = got["homeassistant/event/conf/claps/config"]
+    assert claps["event_types"] == ["claps_2", "claps_3"]
+    assert claps["device"]["name"] == "Den"
+    assert claps["device"]["sw_version"] == __version__
+    assert got["homeassistant/event/conf/sound/config"]["event_types"] == ["dog"]
+
+
 def test_discovery_disabled_publishes_nothing(mosquitto) -> None:
     s = MqttSettings(
         host=mosquitto.host, port=mosquitto.port, client_id="claudio-nodisc",

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from claudio_daemon.events import Action, Alert, ClapPattern, LevelReading, SoundEvent, to_dict
-from claudio_daemon.mqtt.publisher import MqttPublisher
+from claudio_daemon.mqtt.publisher import MqttPublisher, publish_once
 from claudio_daemon.mqtt.settings import MqttSettings
 from tests.fixtures.broker import Subscriber
 
@@ -111,19 +111,20 @@ def test_clean_stop_publishes_offline_retained(mosquitto, started) -> None:
         p = start(started, settings_for(mosquitto))
         sub.wait_for(lambda m: [x[1] for x in m] == [b"online"])
         p.send_action(lamp())
-        p.stop(timeout=3)
+        assert p.stop(timeout=3) is True
         assert not p.connected
         sub.wait_for(lambda m: [x[1] for x in m] == [b"online", b"offline"])
     with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as late:
         assert late.wait_for(lambda m: m) == [("claudio/available", b"offline", True)]
-    assert "disconnected" in mosquitto.logs()  # a clean DISCONNECT, not a dropped socket
+    # A clean DISCONNECT ("... disconnected."), not a dropped socket ("disconnected: <why>").
+    assert f"Client {p.settings.client_id} disconnected.\n" in mosquitto.logs()
 
 
 def test_last_will_when_process_is_killed(mosquitto) -> None:
     script = textwrap.dedent(
         f"""
         import time
-        from claudio_daemon.mqtt.publisher import MqttPublisher
+        from claudio_daemon.mqtt.publisher import MqttPublisher, publish_once
         from claudio_daemon.mqtt.settings import MqttSettings
         p = MqttPublisher(MqttSettings(host={mosquitto.host!r}, port={mosquitto.port},
                                        client_id="claudio-doomed"))
@@ -220,16 +221,16 @@ def test_in_flight_actions_survive_a_broker_crash(mosquitto, started, client) ->
 
 def test_started_while_broker_is_down(mosquitto, started, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
-    mosquitto.stop()
-    p = start(started, settings_for(mosquitto))
-    p.send_action(lamp("EARLY"))
-    assert not p.wait_connected(0.3)
-    assert any("cannot reach broker" in r.getMessage() for r in caplog.records)
-    mosquitto.start()
-    with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="early") as sub:
+        mosquitto.stop()
+        p = start(started, settings_for(mosquitto))
+        p.send_action(lamp("EARLY"))
+        assert not p.wait_connected(0.3)
+        assert any("cannot reach broker" in r.getMessage() for r in caplog.records)
+        mosquitto.start()
         assert p.wait_connected(5)
         assert p.flush(5)
-        assert sub.wait_for(lambda m: m)[0][1] == b"EARLY"
+        assert sub.wait_for(lambda m: m, 5)[0][1] == b"EARLY"
 
 
 def test_mqtt_v5(mosquitto, started) -> None:
@@ -290,7 +291,7 @@ def test_stop_with_broker_down_reports_lost_commands(mosquitto, caplog) -> None:
     mosquitto.stop()
     p.send_action(lamp())
     t0 = time.monotonic()
-    p.stop(timeout=0.5)
+    assert p.stop(timeout=0.5) is False
     assert time.monotonic() - t0 < 3
     assert any(
         r.levelno == logging.ERROR and "1 undelivered command" in r.getMessage()
@@ -348,3 +349,28 @@ def _assert_delivers(broker, p: MqttPublisher) -> None:
     assert p.flush(5)
     if hasattr(broker, "username"):
         assert f"u'{broker.username}'" in broker.logs()  # logged in as that user
+
+
+def test_publish_once_for_the_cli(mosquitto_auth, started, monkeypatch) -> None:
+    """`claudio away on` publishes a command next to a running daemon without kicking it out."""
+    monkeypatch.setenv("CLAUDIO_TEST_MQTT_PW", mosquitto_auth.password)
+    s = settings_for(mosquitto_auth, username="claudio", password_env="CLAUDIO_TEST_MQTT_PW")
+    commands = []
+    daemon = start(started, s, on_command=commands.append)
+    assert daemon.wait_subscribed(5)
+    publish_once(s, "claudio/away/set", "ON")
+    deadline = time.monotonic() + 5
+    while not commands and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(c.kind, c.value) for c in commands] == [("away", True)]
+    assert daemon.connected  # a distinct client id: the daemon was not disconnected
+    logs = mosquitto_auth.logs()
+    assert f"Client {s.client_id} disconnected" not in logs
+    assert "already connected" not in logs
+
+    monkeypatch.setenv("CLAUDIO_TEST_MQTT_PW", "wrong")
+    with pytest.raises(ConnectionRefusedError, match="refused"):
+        publish_once(s, "claudio/away/set", "ON", timeout=2)
+    mosquitto_auth.stop()
+    with pytest.raises(OSError):
+        publish_once(s, "claudio/away/set", "ON", timeout=2)

@@ -361,17 +361,26 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
 
     start_epoch, step, best, best_epoch, bad_epochs = 0, 0, -math.inf, -1, 0
     history: list[dict[str, Any]] = []
+    partial: dict[str, Any] | None = None  # where an interrupted epoch stopped
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         scaler.load_state_dict(resume_state["scaler"])
-        start_epoch = int(resume_state["epoch"]) + 1
         step = int(resume_state["step"])
-        best = float(resume_state["best_metric"])
-        best_epoch = int(resume_state["best_epoch"])
-        bad_epochs = int(resume_state.get("bad_epochs", 0))
         history = list(resume_state.get("history", []))
+        partial = resume_state.get("partial")
+        if partial:
+            # Redo the rest of the stopped epoch; its half-epoch record and validation
+            # verdict are replaced by those of the whole epoch, as in an unbroken run.
+            start_epoch = int(resume_state["epoch"])
+            best, best_epoch, bad_epochs = partial["before"]
+            history = [h for h in history if h["epoch"] != start_epoch + 1]
+        else:
+            start_epoch = int(resume_state["epoch"]) + 1
+            best = float(resume_state["best_metric"])
+            best_epoch = int(resume_state["best_epoch"])
+            bad_epochs = int(resume_state.get("bad_epochs", 0))
         log.info("resuming %s at epoch %d, step %d", last_path, start_epoch + 1, step)
 
     if dist.enabled:
@@ -424,10 +433,20 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         t0 = time.monotonic()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         n_batches = 0
+        skip = 0
+        if partial and epoch == start_epoch:
+            skip = int(partial["batches_done"])
+            loss_sum += float(partial["loss_sum"])
+            n_batches = skip
+        before = (best, best_epoch, bad_epochs)
         bar = tqdm(
             train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
         )
-        for x, y in bar:
+        for b_idx, (x, y) in enumerate(bar):
+            if b_idx < skip:  # already trained on before the interruption
+                continue
+            if skip and b_idx == skip:
+                _set_rng_state(partial["rng"], mix_gen, device)
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True).float()
             if mix_alpha > 0:
@@ -453,6 +472,9 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
         bar.close()
+        complete = n_batches >= steps_per_epoch
+        # Taken before validation, whose DataLoader draws from the global RNG.
+        rng_now = None if complete else _rng_state(mix_gen, device)
         stats = torch.stack([loss_sum, torch.tensor(float(n_batches), device=device).double()])
         if dist.enabled:
             torch.distributed.all_reduce(stats)
@@ -497,6 +519,14 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
                 "bad_epochs": bad_epochs,
                 "config": cfg.to_dict(),
                 "history": history,
+                "partial": None
+                if complete
+                else {
+                    "batches_done": n_batches,
+                    "loss_sum": float(loss_sum),
+                    "before": list(before),
+                    "rng": rng_now,
+                },
             }
             _save(state, last_path)
             if improved:
@@ -538,6 +568,22 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         stopped_early=stopped_early,
         test_metrics=test_metrics,
     )
+
+
+def _rng_state(mix_gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """RNG streams the training step draws from (dropout, mixup), for a mid-epoch resume."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "mix": mix_gen.get_state(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], mix_gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    mix_gen.set_state(state["mix"])
 
 
 def _ensure_stats(cache_dir: Path, train_idx: np.ndarray, dist: DistInfo) -> bool:

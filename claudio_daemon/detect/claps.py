@@ -66,7 +66,7 @@ class ClapCandidate:
 
     #: Refined onset, sample index at the model rate from the start of the stream.
     sample: int
-    #: Energy (dBFS, RMS) of the high-passed signal over the first 20 ms.
+    #: Energy (dBFS, RMS) of the high-passed signal: loudest 20 ms within 60 ms of onset.
     level_db: float
     #: Noise floor (dBFS) when the onset was found.
     floor_db: float
@@ -276,9 +276,16 @@ class ClapDetector:
         while j > 0 and fast[j - 1] >= level_mark:
             j -= 1
         onset = a + j
-        # Energy of the first 20 ms of the transient (this is the clap's "level").
+        # Level: the loudest 20 ms window within 60 ms of the onset (a clap can start
+        # with a weak contact click before its main burst).
         w = hp[j : j + self._spec_n]
-        level_db = float(_db(np.mean(w * w))) if w.size else -120.0
+        body = p[j : j + 3 * self._spec_n]
+        if body.size >= self._spec_n:
+            csum = np.concatenate([[0.0], np.cumsum(body)])
+            win_e = (csum[self._spec_n :] - csum[: -self._spec_n]) / self._spec_n
+            level_db = float(_db(win_e.max()))
+        else:
+            level_db = float(_db(np.mean(body))) if body.size else -120.0
         rise_ms = (peak_i - j) / sr * 1000.0
         # Decay: from the slow-envelope peak until it is 20 dB lower or near the floor.
         sp_i = int(np.argmax(slow[j : j + self._spec_n])) + j
@@ -306,7 +313,7 @@ class ClapDetector:
         low = float(spec[(freqs >= 100) & (freqs <= 1500)].sum())
         high_ratio_db = float(_db(high) - _db(low))
         peak_abs = float(np.max(np.abs(w))) if w.size else 0.0
-        crest_db = float(_db(peak_abs**2) - level_db) if w.size else 0.0
+        crest_db = float(_db(peak_abs**2) - _db(np.mean(w * w))) if w.size else 0.0
         score = shape_score(rise_ms, decay_ms, centroid, high_ratio_db, s)
         return ClapCandidate(
             sample=int(onset),

@@ -29,7 +29,7 @@ class ClapSettings(StrictModel):
 
     # --- onset detection -------------------------------------------------------------
     onset_threshold_db: float = Field(
-        14.0,
+        10.0,
         ge=3.0,
         le=60.0,
         description="A frame must be this many dB above the adaptive noise floor to start a clap.",
@@ -65,7 +65,7 @@ class ClapSettings(StrictModel):
 
     # --- transient shape ---------------------------------------------------------------
     max_rise_ms: float = Field(
-        20.0,
+        30.0,
         ge=0.5,
         le=100.0,
         description="Longest time from onset to peak; claps reach their peak within a few ms.",
@@ -134,7 +134,7 @@ class ClapSettings(StrictModel):
         description="Shortest max-count guard wait (seconds).",
     )
     level_range_db: float = Field(
-        12.0,
+        10.0,
         ge=3.0,
         le=60.0,
         description="Claps of one pattern are about equally loud: a transient this much "

@@ -30,6 +30,8 @@ import itertools
 import json
 import logging
 import math
+import os
+import socket
 import ssl
 import threading
 import time
@@ -43,6 +45,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from claudio_daemon import __version__
 from claudio_daemon.events import (
     Action,
     Alert,
@@ -53,6 +56,7 @@ from claudio_daemon.events import (
     to_dict,
 )
 from claudio_daemon.mqtt.commands import CommandError, RemoteCommand, describe_payload, parse_away
+from claudio_daemon.mqtt.discovery import discovery_messages
 from claudio_daemon.mqtt.settings import MqttSettings
 from claudio_daemon.mqtt.topics import OFFLINE, ONLINE, STATE_OFF, STATE_ON, Topics, clap_event_type
 
@@ -107,6 +111,73 @@ def default_client_factory(settings: MqttSettings) -> mqtt.Client:
         clean_session=True,
         protocol=mqtt.MQTTv311,
     )
+
+
+def configure_security(client: mqtt.Client, settings: MqttSettings) -> None:
+    """Credentials and TLS from settings; ValueError names a missing secret or file."""
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password())
+    tls = settings.tls
+    if not tls.enabled:
+        return
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise ValueError(f"mqtt.tls.{name}: {path} does not exist")
+    client.tls_set(
+        ca_certs=str(tls.ca_file) if tls.ca_file else None,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
+    if tls.insecure:
+        log.warning("mqtt.tls.insecure: the broker's host name is not verified")
+        client.tls_insecure_set(True)
+
+
+def publish_once(
+    settings: MqttSettings,
+    topic: str,
+    payload: str | bytes,
+    *,
+    retain: bool = False,
+    timeout: float = 5.0,
+    client_factory: ClientFactory | None = None,
+) -> None:
+    """Publish one message and wait for the broker's acknowledgement (CLI use, blocking).
+
+    Uses its own client id (`<client_id>-cli-<pid>`): reusing the daemon's would make the
+    broker disconnect the running daemon. Raises OSError (unreachable; ConnectionRefusedError
+    when the broker refuses, e.g. bad credentials), TimeoutError, or ValueError (settings).
+    """
+    cli = settings.model_copy(update={"client_id": f"{settings.client_id}-cli-{os.getpid()}"})
+    client = (client_factory or default_client_factory)(cli)
+    configure_security(client, cli)
+    answered = threading.Event()
+    reasons: list[Any] = []
+
+    def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
+        reasons.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
+    client.connect(cli.host, cli.port, keepalive=cli.keepalive_s)
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            raise TimeoutError(f"no answer from {cli.host}:{cli.port} within {timeout:g}s")
+        if reasons[0].is_failure:
+            raise ConnectionRefusedError(f"broker refused the connection: {reasons[0]}")
+        info = client.publish(topic, payload, settings.qos, retain)
+        try:
+            info.wait_for_publish(timeout)
+        except RuntimeError as e:
+            raise ConnectionError(f"connection lost before {topic} was sent: {e}") from e
+        if not info.is_published():
+            raise TimeoutError(f"{topic} not acknowledged within {timeout:g}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _valid_publish_topic(topic: str) -> bool:
@@ -225,24 +296,10 @@ class MqttPublisher:
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
         client.will_set(self.topics.available, OFFLINE, qos=s.qos, retain=True)
-        if s.username:
-            client.username_pw_set(s.username, s.password())
-        if s.tls.enabled:
-            for name in ("ca_file", "cert_file", "key_file"):
-                path = getattr(s.tls, name)
-                if path is not None and not path.is_file():
-                    raise ValueError(f"mqtt.tls.{name}: {path} does not exist")
-            client.tls_set(
-                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
-                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
-                keyfile=str(s.tls.key_file) if s.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if s.tls.insecure:
-                log.warning("mqtt.tls.insecure: broker host name is not verified")
-                client.tls_insecure_set(True)
+        configure_security(client, s)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._window)
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))  # DEBUG: packet trace
         self._client = client
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
@@ -267,11 +324,14 @@ class MqttPublisher:
                 self._changed.wait(min(remaining, _TICK_S))
         return True
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Deliver what is queued (up to `timeout`), say "offline", disconnect cleanly."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Deliver what is queued (up to `timeout`), say "offline", disconnect cleanly.
+
+        Returns False when messages were left undelivered (they are logged).
+        """
         client = self._client
         if client is None or self._closed:
-            return
+            return not self._outbox
         deadline = time.monotonic() + timeout
         delivered = self.flush(timeout)
         with self._lock:
@@ -296,6 +356,7 @@ class MqttPublisher:
             self._sender.join(timeout=2.0)
         self._connected.clear()
         log.info("MQTT: disconnected")
+        return delivered
 
     def __enter__(self) -> MqttPublisher:
         self.start()
@@ -351,6 +412,25 @@ class MqttPublisher:
             return
         self._discovery = list(messages)
         self._enqueue_discovery()
+
+    def configure_discovery(
+        self,
+        *,
+        clap_counts: list[int],
+        sound_labels: list[str],
+        device_name: str | None = None,
+        sw_version: str | None = None,
+    ) -> None:
+        """Build and queue Home Assistant discovery (see discovery.py) for this daemon."""
+        self.publish_discovery(
+            discovery_messages(
+                self.settings,
+                device_name=device_name or f"Claudio {socket.gethostname()}",
+                sw_version=sw_version or __version__,
+                clap_counts=clap_counts,
+                sound_labels=sound_labels,
+            )
+        )
 
     def _event_json(self, event: Event) -> bytes:
         data = to_dict(event, self.sample_rate)
@@ -437,12 +517,9 @@ class MqttPublisher:
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue  # availability messages, or an entry already re-sent
-            if getattr(reason, "is_failure", False):
+            if getattr(reason, "is_failure", False):  # MQTT 5 only; re-sending will not help
                 log.error("MQTT: broker refused message on %s: %s", entry.topic, reason)
-            for seq, e in self._outbox.items():
-                if e is entry:
-                    del self._outbox[seq]
-                    break
+            self._remove(entry)
         if self._connect_work:
             self._connect_work = False
             self._enqueue_after_connect()
@@ -525,8 +602,9 @@ class MqttPublisher:
             self._connected.clear()
             log.error("MQTT: broker %s:%d refused the connection: %s", s.host, s.port, reason)
             return
-        self._generation += 1
+        # Time first: the sender reads the generation, then the time, without a lock.
         self._connected_at = time.monotonic()
+        self._generation += 1
         self._reported_unreachable = False
         client.publish(self.topics.available, ONLINE, s.qos, retain=True)
         subs = [(self.topics.away_set, 1)]
@@ -542,7 +620,8 @@ class MqttPublisher:
         if not self._reported_unreachable:
             self._reported_unreachable = True
             log.warning(
-                "MQTT: cannot reach broker %s:%d; retrying (queued messages are kept)",
+                "MQTT: cannot reach broker %s:%d (connection or TLS handshake failed); "
+                "retrying, queued messages are kept",
                 self.settings.host,
                 self.settings.port,
             )
