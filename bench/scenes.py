@@ -269,7 +269,8 @@ def make_pattern_scene(
     for g in gaps:
         starts.append(starts[-1] + int(round(g * sample_rate)))
     total = starts[-1] + int(tail_s * sample_rate)
-    audio = _mix([(s, claps[i]) for s, i in zip(starts, picks)], total, bg, snr_db, rng)
+    events = [(s, claps[i]) for s, i in zip(starts, picks, strict=True)]
+    audio = _mix(events, total, bg, snr_db, rng)
     truth = tuple(s + EVENT_PRE for s in starts)
     is_claps = kind == "claps"
     return Scene(
@@ -298,7 +299,9 @@ def make_clip_scene(
     at = int(lead_s * SAMPLE_RATE)
     total = at + len(clip) + int(tail_s * SAMPLE_RATE)
     audio = _mix([(at, np.asarray(clip, np.float64))], total, bg, snr_db, rng)
-    return Scene(audio=audio, clap_samples=(), count=0, kind=kind, snr_db=snr_db, background=bg_name)
+    return Scene(
+        audio=audio, clap_samples=(), count=0, kind=kind, snr_db=snr_db, background=bg_name
+    )
 
 
 def make_applause_scene(
@@ -377,7 +380,9 @@ def build_scene_set(
     if not claps or not backgrounds:
         raise ValueError(f"{esc50_root}: no usable clapping or background recordings found")
     real_applause = applause_clips(esc50_root, folds=folds)
-    distractor_clips = {c: [load_clip(p) for p in esc50_clips(esc50_root, c, folds)] for c in distractors}
+    distractor_clips = {
+        c: [load_clip(p) for p in esc50_clips(esc50_root, c, folds)] for c in distractors
+    }
 
     def bg() -> tuple[str, np.ndarray]:
         return backgrounds[int(rng.integers(len(backgrounds)))]

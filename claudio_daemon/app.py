@@ -24,6 +24,7 @@ from claudio_daemon.audio.source import (
 from claudio_daemon.calibrate.model import Calibration, CalibrationError, load_calibration
 from claudio_daemon.model.classifier import ModelLoadError, OnnxClassifier
 from claudio_daemon.model.metadata import ModelMetadataError
+from claudio_daemon.mqtt.publisher import MqttPublisher
 from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import Problem, RulesError, check_labels, load_rules
 from claudio_daemon.rules.schema import RulesFile
@@ -173,10 +174,13 @@ def assemble(
     return Assembly(rules, classifier, pipeline)
 
 
-def make_publisher(rules: RulesFile, runner: Runner, classifier: OnnxClassifier | None):  # noqa: ANN201
-    from claudio_daemon.mqtt.publisher import MqttPublisher
+def make_publisher(
+    rules: RulesFile, runner: Runner, classifier: OnnxClassifier | None
+) -> MqttPublisher:
 
-    publisher = MqttPublisher(rules.mqtt, on_command=runner.on_command)
+    publisher = MqttPublisher(
+        rules.mqtt, on_command=runner.on_command, sample_rate=runner.pipeline.sample_rate
+    )
     publisher.configure_discovery(
         clap_counts=sorted({t.claps for t in rules.triggers if t.claps is not None}),
         sound_labels=list(classifier.labels) if classifier is not None else [],
@@ -256,6 +260,7 @@ def run_service(
             where = str(input_file)
         else:
             source = MicSource(spec, sr, block_size=parts.rules.audio.block_size)
+            source.heartbeat = notifier.watchdog
             where = f"microphone {spec if spec is not None else '(default)'}"
     except (AudioDeviceError, AudioFileError) as exc:
         restore()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,7 +23,7 @@ cli = typer.Typer(
 log = logging.getLogger("claudio_daemon")
 
 RulesOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--rules",
         "-r",
@@ -31,7 +31,7 @@ RulesOpt = Annotated[
     ),
 ]
 ModelOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--model", "-m", help="ONNX model (default: rules.yaml, then the shipped one)."),
 ]
 LogOpt = Annotated[
@@ -50,10 +50,10 @@ def run(
     rules: RulesOpt = None,
     model: ModelOpt = None,
     device: Annotated[
-        Optional[str], typer.Option("--device", "-d", help="Microphone name or index.")
+        str | None, typer.Option("--device", "-d", help="Microphone name or index.")
     ] = None,
     input_file: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--input", help="Listen to this recording (in real time) instead."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Also print events as JSON.")] = False,

@@ -8,7 +8,7 @@ stream, so a replay behaves exactly like a live run. Seconds appear only at the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 Command = Literal["on", "off", "toggle"]
 
@@ -90,7 +90,7 @@ class ModeChange:
     sample: int
 
 
-Event = Union[ClapPattern, SoundEvent, LevelReading, Alert, ModeChange, Action]
+Event = ClapPattern | SoundEvent | LevelReading | Alert | ModeChange | Action
 
 _TYPE_NAMES: dict[type, str] = {
     ClapPattern: "claps",
@@ -121,9 +121,13 @@ def to_dict(event: Event, sample_rate: int) -> dict[str, Any]:
             level_db=round(event.level_db, 1),
         )
     elif isinstance(event, SoundEvent):
-        out.update(label=event.label, score=round(event.score, 4), level_db=round(event.level_db, 1))
+        out.update(
+            label=event.label, score=round(event.score, 4), level_db=round(event.level_db, 1)
+        )
     elif isinstance(event, LevelReading):
-        out.update(level_db=round(event.level_db, 1), noise_floor_db=round(event.noise_floor_db, 1))
+        out.update(
+            level_db=round(event.level_db, 1), noise_floor_db=round(event.noise_floor_db, 1)
+        )
     elif isinstance(event, Alert):
         out.update(
             label=event.label,

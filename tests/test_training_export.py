@@ -72,7 +72,9 @@ def test_metadata_is_readable_by_the_daemon_side(tmp_path: Path) -> None:
 def test_int8_model_is_written_and_close(tmp_path: Path) -> None:
     calib = np.random.default_rng(2).standard_normal((4, 1, 128, 256)).astype(np.float32)
     rep = export_onnx(
-        _checkpoint(tmp_path, "simple_cnn"), tmp_path / "m.onnx", quantize_int8=True,
+        _checkpoint(tmp_path, "simple_cnn"),
+        tmp_path / "m.onnx",
+        quantize_int8=True,
         parity_inputs=calib,
     )
     assert rep.int8_path is not None and rep.int8_path.is_file()

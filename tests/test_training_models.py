@@ -43,7 +43,9 @@ def test_ast_rejects_inputs_not_made_of_patches() -> None:
         create_model("ast", 3, n_frames=250)
 
 
-def _toy_batch(gen: np.random.Generator, n: int, fe: FrontEndConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _toy_batch(
+    gen: np.random.Generator, n: int, fe: FrontEndConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Half pure tones (random pitch), half white noise, as normalised log-mels."""
     t = np.arange(fe.clip_samples) / fe.sample_rate
     waves, labels = [], []
@@ -69,14 +71,14 @@ def test_loss_falls_on_a_learnable_toy_problem() -> None:
     crit = make_criterion(y.numpy(), clip=(1.0, 10.0))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(12):
         idx = torch.randperm(16)[:8]
         loss = crit(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
+    assert np.mean(losses[-3:]) < 0.3 * np.mean(losses[:2]), losses
     model.eval()
     xt, yt = _toy_batch(gen, 8, fe)  # unseen clips
     with torch.no_grad():

@@ -72,8 +72,15 @@ def cache_dir(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(out: Path, **kw) -> FitConfig:
     base = dict(
-        model="simple_cnn", epochs=2, batch_size=4, lr=3e-3, val_folds=("3",), workers=0,
-        out_dir=str(out), quiet=True, augment=AugmentConfig(mixup_alpha=0.2),
+        model="simple_cnn",
+        epochs=2,
+        batch_size=4,
+        lr=3e-3,
+        val_folds=("3",),
+        workers=0,
+        out_dir=str(out),
+        quiet=True,
+        augment=AugmentConfig(mixup_alpha=0.2),
     )
     return FitConfig(**{**base, **kw})
 
@@ -140,7 +147,9 @@ def test_schedule_warms_up_then_decays() -> None:
     assert lr_factor(100, 100, "cosine", 0.1) == pytest.approx(0.0)
 
 
-def test_checkpoint_and_onnx_evaluate_alike(trained, cache_dir: Path, dataset: Path, tmp_path: Path):
+def test_checkpoint_and_onnx_evaluate_alike(
+    trained, cache_dir: Path, dataset: Path, tmp_path: Path
+):
     onnx_path = tmp_path / "model.onnx"
     rep = export_onnx(trained.best_checkpoint, onnx_path, parity_inputs=cache_dir)
     assert rep.parity_max_abs < 1e-4 and rep.n_parity_inputs > 4
@@ -171,9 +180,7 @@ def test_evaluate_rejects_data_without_shared_labels(trained, tmp_path: Path) ->
     (other / "meta").mkdir(parents=True)
     (other / "audio").mkdir()
     sf.write(other / "audio" / "x.wav", np.zeros(1000, np.float32) + 0.1, 22050)
-    (other / "meta" / "esc50.csv").write_text(
-        "filename,fold,target,category\nx.wav,1,0,siren\n"
-    )
+    (other / "meta" / "esc50.csv").write_text("filename,fold,target,category\nx.wav,1,0,siren\n")
     with pytest.raises(EvaluationError, match="share no label names"):
         evaluate(trained.best_checkpoint, other)
 
@@ -189,10 +196,41 @@ def test_cli_end_to_end(dataset: Path, tmp_path: Path) -> None:
 
     assert "cached 18 clips" in ok("precache", dataset, "--cache", cache, "--workers", "0")
     assert "over 12 clips" in ok("stats", "--cache", cache, "--exclude", "3")
-    ok("fit", "--cache", cache, "--out", run, "--model", "simple_cnn", "--epochs", "1",
-       "--batch-size", "4", "--val-fold", "3", "--workers", "0", "--no-augment", "--max-steps", "2")
-    assert "trained 2 steps" in ok("fit", "--cache", cache, "--out", run, "--epochs", "2",
-                                   "--max-steps", "3", "--workers", "0", "--resume")
+    first = ok(
+        "fit",
+        "--cache",
+        cache,
+        "--out",
+        run,
+        "--model",
+        "simple_cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-fold",
+        "3",
+        "--workers",
+        "0",
+        "--no-augment",
+        "--max-steps",
+        "2",
+    )
+    assert "trained 2 steps" in first
+    assert "trained 3 steps" in ok(
+        "fit",
+        "--cache",
+        cache,
+        "--out",
+        run,
+        "--epochs",
+        "2",
+        "--max-steps",
+        "3",
+        "--workers",
+        "0",
+        "--resume",
+    )
     assert "parity" in ok("export", run / "best.pt", "--out", model)
     out = json.loads(ok("evaluate", model, dataset, "--folds", "3", "--json"))
     assert 0.0 <= out["map"] <= 1.0 and 0.0 <= out["accuracy"] <= 1.0
@@ -208,7 +246,9 @@ def test_cli_end_to_end(dataset: Path, tmp_path: Path) -> None:
         (["export", "missing.pt", "--out", "m.onnx"], "missing.pt: checkpoint not found"),
     ],
 )
-def test_cli_errors_are_one_line(args: list[str], message: str, tmp_path: Path, monkeypatch) -> None:
+def test_cli_errors_are_one_line(
+    args: list[str], message: str, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -155,9 +156,7 @@ def fit(
     no_augment: Annotated[
         bool, typer.Option("--no-augment", help="Train without augmentation.")
     ] = False,
-    mixup_alpha: Annotated[
-        float | None, typer.Option(help="Mixup Beta alpha (0 = off).")
-    ] = None,
+    mixup_alpha: Annotated[float | None, typer.Option(help="Mixup Beta alpha (0 = off).")] = None,
     pos_weight_max: Annotated[float, typer.Option(help="Upper clip of BCE pos_weight.")] = 10.0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
@@ -198,6 +197,8 @@ def fit(
         log_every=log_every,
     )
     result = run_fit(cache, cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     last = result.history[-1] if result.history else {}
     typer.echo(
         f"trained {result.steps} steps; best checkpoint {result.best_checkpoint}"

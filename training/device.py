@@ -55,16 +55,18 @@ def dist_from_env() -> DistInfo:
     return DistInfo(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def init_distributed(info: DistInfo, device: torch.device) -> None:
+def init_distributed(info: DistInfo, device: torch.device) -> bool:
+    """Join the torchrun process group; True when this call created it (and should end it)."""
     import torch.distributed as dist
 
     if not info.enabled or dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
     log.info("distributed: rank %d of %d (%s)", info.rank, info.world_size, backend)
+    return True
 
 
 def shutdown_distributed() -> None:

@@ -27,7 +27,13 @@ from claudio_daemon.features.frontend import FrontEndConfig
 from training.augment import AugmentConfig, mixup_batch
 from training.cache import Cache
 from training.data import CachedDataset, split_indices
-from training.device import DistInfo, dist_from_env, init_distributed, pick_device
+from training.device import (
+    DistInfo,
+    dist_from_env,
+    init_distributed,
+    pick_device,
+    shutdown_distributed,
+)
 from training.losses import make_criterion
 from training.metrics import mean_average_precision, sigmoid, top1_accuracy
 from training.models import DEFAULT_MODEL, MODEL_NAMES, create_model
@@ -252,7 +258,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     last_path, best_path = out / "last.pt", out / "best.pt"
     dist = dist_from_env()
     device = pick_device(cfg.device, dist.local_rank if dist.enabled else None)
-    init_distributed(dist, device)
+    owns_group = init_distributed(dist, device)
     use_amp = bool(cfg.amp and device.type == "cuda")
 
     resume_state: dict[str, Any] | None = None
@@ -297,8 +303,16 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     if _ensure_stats(cache_dir, train_idx, dist):
         cache = Cache.open(cache_dir)  # re-open so the datasets normalise with the new stats
     frontend = cache.frontend
-    if resume_state is not None and resume_state["labels"] != list(labels):
-        raise ValueError(f"{cache_dir}: cache labels differ from the checkpoint's; cannot resume")
+    if resume_state is not None:
+        if resume_state["labels"] != list(labels):
+            raise ValueError(
+                f"{cache_dir}: cache labels differ from the checkpoint's; cannot resume"
+            )
+        if FrontEndConfig.from_json(resume_state["frontend"]) != frontend:
+            raise ValueError(
+                f"{cache_dir}: front end or stats.json changed since the checkpoint; cannot resume"
+            )
+    _warn_if_stats_not_from_training(cache_dir, len(train_idx), dist)
 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -559,6 +573,8 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         _write_json(out / "test_metrics.json", test_metrics)
     if dist.enabled:
         torch.distributed.barrier()
+        if owns_group:
+            shutdown_distributed()
     return FitResult(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
@@ -584,6 +600,21 @@ def _set_rng_state(state: dict[str, Any], mix_gen: torch.Generator, device: torc
     if state.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
     mix_gen.set_state(state["mix"])
+
+
+def _warn_if_stats_not_from_training(cache_dir: Path, n_train: int, dist: DistInfo) -> None:
+    try:
+        n_items = json.loads((cache_dir / "stats.json").read_text()).get("n_items")
+    except (OSError, ValueError):
+        return
+    if dist.is_main and n_items is not None and int(n_items) != n_train:
+        log.warning(
+            "stats.json was computed over %s clips but %d are used for training; use "
+            "`claudio-train stats --exclude <held-out folds>` so no held-out clip shapes "
+            "the normalisation",
+            n_items,
+            n_train,
+        )
 
 
 def _ensure_stats(cache_dir: Path, train_idx: np.ndarray, dist: DistInfo) -> bool:

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -301,7 +301,9 @@ class MicSource:
         self._stream_ended = threading.Event()
         self._overflows = 0
         self.reopens = 0
-        _Reblocker(self.block_size)
+        #: Called while waiting for audio or for a device to come back, so the service
+        #: watchdog knows the loop is alive (a lost microphone is retried, not fatal).
+        self.heartbeat: Callable[[], object] | None = None
 
     @property
     def overflows(self) -> int:
@@ -310,6 +312,10 @@ class MicSource:
     def close(self) -> None:
         """Ends blocks() within a fraction of a second; safe from a signal handler."""
         self._closed.set()
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status and status.input_overflow:
@@ -360,8 +366,11 @@ class MicSource:
         """Retry until a stream opens or close() is called; None when closed."""
         delay, cap = self._backoff
         while not self._closed.is_set():
-            if self._closed.wait(delay):
-                return None
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                self._beat()
+                if self._closed.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                    return None
             try:
                 refresh_devices()
                 self.device = resolve_input_device(self.device_spec)
@@ -393,6 +402,7 @@ class MicSource:
                     data = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     data = None
+                    self._beat()
                 if data is not None:
                     last_audio = time.monotonic()
                     yield from reblock.push(resampler.process(data))

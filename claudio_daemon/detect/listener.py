@@ -93,7 +93,9 @@ class ClapListener:
         out: list[ClapPattern] = []
         i = 0
         while i < x.size:
-            n = min(x.size - i, HOP - self.position % HOP)
+            # Pieces end where the detector completes a frame (HOP grid shifted by the
+            # high-pass delay), so every decision sees exactly the same history.
+            n = min(x.size - i, HOP - (self.position - self.detector.delay) % HOP)
             piece = x[i : i + n]
             i += n
             self.ring.append(piece)
@@ -102,8 +104,10 @@ class ClapListener:
                 self.candidates.append(cand)
                 if len(self.candidates) > 256:
                     del self.candidates[:128]
-                if self.gate.admit(cand) and cand.is_clap:
-                    out.extend(self._decide(self.grouper.push_clap(cand.to_clap())))
+                admitted = self.gate.admit(cand)
+                if cand.is_clap:
+                    push = self.grouper.push_clap if admitted else self.grouper.push_doubtful
+                    out.extend(self._decide(push(cand.to_clap())))
             out.extend(self._decide(self.grouper.advance(self.detector.settled_sample)))
         return out
 

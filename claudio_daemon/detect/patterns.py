@@ -79,7 +79,7 @@ class PatternGrouper:
     def _guard(self) -> int:
         s = self.settings
         samples = [c.sample for c in self._group]
-        gaps = [b - a for a, b in zip(samples, samples[1:])]
+        gaps = [b - a for a, b in zip(samples[:-1], samples[1:], strict=True)]
         if not gaps:
             return self._end_silence
         guard = s.max_count_guard_factor * max(gaps)
@@ -129,6 +129,20 @@ class PatternGrouper:
         if len(self._group) > self.max_count:
             self._start_applause(clap, loudest)
         return out
+
+    def push_doubtful(self, clap: Clap) -> list[ClapPattern]:
+        """A clap-shaped transient that a gate refused (e.g. a busy background).
+
+        It cannot start a pattern, but if it is as loud as the claps being grouped (within
+        half the level range) it is more of the same clapping and counts, so a run of
+        alike claps still turns into applause instead of leaving a short pattern behind.
+        """
+        half = self.settings.level_range_db / 2
+        if self._group and clap.level_db >= max(c.level_db for c in self._group) - half:
+            return self.push_clap(clap)
+        if self._applause_last is not None and clap.level_db >= self._applause_level - half:
+            return self.push_clap(clap)
+        return self.advance(clap.sample)
 
     def advance(self, now_sample: int) -> list[ClapPattern]:
         """Decide what `now_sample` (all claps before it have been pushed) settles."""

@@ -65,7 +65,9 @@ class ModelMetadata:
                 raise ModelMetadataError(f"{source}: {PREFIX}labels has duplicate names")
             output = need("output")
             if output not in ("logits", "probabilities"):
-                raise ModelMetadataError(f"{source}: {PREFIX}output must be logits or probabilities")
+                raise ModelMetadataError(
+                    f"{source}: {PREFIX}output must be logits or probabilities"
+                )
             return cls(
                 labels=tuple(labels),
                 frontend=FrontEndConfig.from_json(need("frontend")),

@@ -317,9 +317,7 @@ class _Relabel(Dataset):
         return x, out
 
 
-def _client_rows(
-    context: Context, sim: _SimulationData | None
-) -> tuple[Cache, np.ndarray]:
+def _client_rows(context: Context, sim: _SimulationData | None) -> tuple[Cache, np.ndarray]:
     if sim is not None:
         pid = int(context.node_config["partition-id"])
         return Cache.open(sim.cache_dir), np.asarray(sim.partitions[pid], dtype=np.int64)
@@ -645,15 +643,17 @@ def run_federated(
             "logging_level": "WARNING",
         },
     }
+    import ray
     from flwr.simulation import run_simulation
 
-    import ray
-
     started_ray = not ray.is_initialized()
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
+    # Flower logs every round at INFO (and warns that run_simulation is deprecated in favour
+    # of `flwr run`); this module logs its own per-round line, and a failing client raises.
+    quiet = {"flwr": logging.ERROR, "alembic": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quiet}
     if not log.isEnabledFor(logging.DEBUG):
-        flwr_log.setLevel(logging.WARNING)
+        for name, lvl in quiet.items():
+            logging.getLogger(name).setLevel(lvl)
     t0 = time.perf_counter()
     try:
         run_simulation(
@@ -663,7 +663,8 @@ def run_federated(
             backend_config=backend_config,
         )
     finally:
-        flwr_log.setLevel(level)
+        for name, lvl in levels.items():
+            logging.getLogger(name).setLevel(lvl)
         if started_ray and ray.is_initialized():
             ray.shutdown()
     seconds = time.perf_counter() - t0

@@ -132,13 +132,16 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         )
     for nr in NOT_REPRODUCED:
         lines.append(f"| {nr['approach']} | - | - | - | - | - | - | - |")
+
+    def folds(key: str) -> str:
+        return ", ".join(meta.get(key) or []) or "-"
+
     notes = [
         "",
         f"Data: {meta.get('dataset', '?')}, {meta.get('n_train', '?')} training clips "
-        f"(folds {', '.join(meta.get('train_folds', [])) or '-'}), "
-        f"{meta.get('n_val', 0)} validation (folds {', '.join(meta.get('val_folds', [])) or '-'}), "
-        f"{meta.get('n_test', '?')} scored (folds {', '.join(meta.get('scored_folds', [])) or '-'}); "
-        f"{meta.get('n_labels', '?')} labels.",
+        f"(folds {folds('train_folds')}), {meta.get('n_val', 0)} validation "
+        f"(folds {folds('val_folds')}), {meta.get('n_test', '?')} scored "
+        f"(folds {folds('scored_folds')}); {meta.get('n_labels', '?')} labels.",
         "Precision, recall and F1 are macro averages "
         + (
             "of score >= 0.5 decisions."

@@ -155,9 +155,7 @@ def train_xgb(
     cfg: XGBConfig,
     feature_idx: np.ndarray | None = None,
 ) -> XGBModel:
-    feature_idx = (
-        np.arange(features.shape[1]) if feature_idx is None else np.asarray(feature_idx)
-    )
+    feature_idx = np.arange(features.shape[1]) if feature_idx is None else np.asarray(feature_idx)
     names = [FEATURE_NAMES[i] for i in feature_idx]
     x = np.asarray(features, dtype=np.float32)[:, feature_idx]
     y = np.asarray(targets, dtype=np.float32)

@@ -1,0 +1,386 @@
+"""Calibration measurements: the room's background and the user's claps, as the detector sees them.
+
+Why it is built this way:
+
+* Every number is measured by the clap detector itself (`ClapDetector`), on the same
+  high-passed signal and the same frame grid, so a threshold proposed here means exactly
+  what the daemon will compare it with. The noise floor is the detector's own adaptive
+  floor, not a separate estimate that could disagree with it by a few dB.
+* The stream is split into phases by sample count only (the first `noise_samples` are the
+  background, everything after them is the clapping), so a file and a microphone give the
+  same result and the chunk size never matters.
+* While measuring, the detector runs with a low onset threshold and no absolute level
+  floor: calibration must see quiet claps to be able to say they are quiet. Which
+  transients count as the user's claps is decided afterwards from their shape (the
+  detector's `is_clap`) and their loudness relative to the loudest clap.
+
+The proposal (`propose`) explains itself in `Proposal.notes`; see its docstring for the
+threshold and gap logic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from claudio_daemon.calibrate.model import Calibration
+from claudio_daemon.detect.claps import HOP, ClapCandidate, ClapDetector, highpass_fir
+from claudio_daemon.detect.settings import ClapSettings
+
+#: Onset threshold (dB above the floor) used while measuring: low, to see quiet claps too.
+MEASURE_ONSET_DB = 6.0
+#: The first part of the background phase, while the detector's floor settles, is not used.
+SETTLE_S = 0.5
+#: How high the background alone rises above the floor: this percentile of frame levels.
+NOISE_PERCENTILE = 99.5
+#: Clap-shaped transients this much quieter than the loudest clap are background, not claps.
+CLAP_WINDOW_DB = 15.0
+#: The threshold lets a clap this much softer than the softest measured one through.
+CLAP_SPREAD_DB = 6.0
+#: The background alone should stay at least this far below the threshold.
+NOISE_MARGIN_DB = 2.0
+#: Gap proposal bounds (seconds).
+MIN_GAP_BOUNDS = (0.08, 0.25)
+MAX_GAP_BOUNDS = (0.4, 2.0)
+#: Warnings: a background floor above this is loud; claps should stand this far above it.
+LOUD_FLOOR_DB = -30.0
+MIN_CLAP_MARGIN_DB = 15.0
+#: A sample peak at or above this (dBFS) means the input is clipping.
+CLIP_DBFS = -0.5
+
+
+def _db(power: float) -> float:
+    return 10.0 * math.log10(max(power, 1e-12))
+
+
+def _clamp(value: float, lo: float, hi: float) -> float:
+    return max(lo, min(hi, value))
+
+
+@dataclass(frozen=True)
+class NoiseReport:
+    """The background phase."""
+
+    duration_s: float
+    #: The detector's adaptive noise floor (dBFS, high-passed), median over the phase.
+    floor_db: float
+    #: RMS level of the high-passed background (dBFS): a little above the floor.
+    level_db: float
+    #: RMS level of the unfiltered input (dBFS), what a plain level meter shows.
+    raw_level_db: float
+    #: How far above the floor the background alone rises (dB, NOISE_PERCENTILE of frames).
+    upper_db: float
+    #: Highest sample magnitude (dBFS).
+    peak_dbfs: float
+    #: Transients the detector found while the room should have been quiet.
+    transients: int
+    #: Of those, how many had a clap's shape.
+    clap_like: int
+
+
+@dataclass(frozen=True)
+class ClapReport:
+    """The clapping phase."""
+
+    asked: int
+    sample_rate: int
+    duration_s: float
+    #: The user's claps, in time order.
+    claps: tuple[ClapCandidate, ...]
+    #: Other transients in the phase (wrong shape, or far quieter than the claps).
+    others: int
+    peak_dbfs: float
+
+    @property
+    def count(self) -> int:
+        return len(self.claps)
+
+    @property
+    def level_db(self) -> float:
+        """Typical clap level (dBFS, the detector's peak-window level): the median."""
+        return float(np.median([c.level_db for c in self.claps]))
+
+    @property
+    def quietest_db(self) -> float:
+        return min(c.level_db for c in self.claps)
+
+    @property
+    def loudest_db(self) -> float:
+        return max(c.level_db for c in self.claps)
+
+    @property
+    def margin_db(self) -> float:
+        """How far the softest clap stood above the floor the detector compared it with."""
+        return min(c.level_db - c.floor_db for c in self.claps)
+
+    @property
+    def rise_ms(self) -> float:
+        return float(np.median([c.rise_ms for c in self.claps]))
+
+    @property
+    def decay_ms(self) -> float:
+        return float(np.median([c.decay_ms for c in self.claps]))
+
+    @property
+    def min_score(self) -> float:
+        return min(c.score for c in self.claps)
+
+    @property
+    def gaps_s(self) -> tuple[float, ...]:
+        t = [c.sample for c in self.claps]
+        return tuple((b - a) / self.sample_rate for a, b in zip(t, t[1:]))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    calibration: Calibration
+    #: Things the user should know (too noisy, clipping, wrong count, ...).
+    warnings: tuple[str, ...]
+    #: How each proposed value was derived, one line each.
+    notes: tuple[str, ...]
+
+
+def measuring_settings(settings: ClapSettings) -> ClapSettings:
+    """The user's detector settings, made sensitive enough to measure quiet claps."""
+    return settings.model_copy(
+        update={
+            "onset_threshold_db": min(MEASURE_ONSET_DB, settings.onset_threshold_db),
+            "min_level_db": -120.0,
+        }
+    )
+
+
+class Measurer:
+    """Feed the whole stream with `push`; the first `noise_samples` are the background.
+
+    Keeps the background phase's audio (a few seconds, in memory only) for its level
+    statistics; the clapping phase is only seen by the detector.
+    """
+
+    def __init__(self, settings: ClapSettings, sample_rate: int, noise_samples: int) -> None:
+        if noise_samples < int(SETTLE_S * sample_rate) + 4 * HOP:
+            raise ValueError(
+                f"the background phase must be longer than {SETTLE_S + 0.1:g} s "
+                f"({noise_samples} samples at {sample_rate} Hz is too short)"
+            )
+        self.settings = settings
+        self.sample_rate = int(sample_rate)
+        self.noise_samples = int(noise_samples)
+        self.detector = ClapDetector(measuring_settings(settings), self.sample_rate)
+        self._noise = np.zeros(self.noise_samples, dtype=np.float32)
+        self._floors: list[float] = []  # detector floor after each analysed frame
+        self._candidates: list[ClapCandidate] = []
+        self._seen = 0
+        self._clap_peak = 0.0
+        self._finished = False
+
+    @property
+    def samples_seen(self) -> int:
+        return self._seen
+
+    @property
+    def in_noise_phase(self) -> bool:
+        return self._seen < self.noise_samples
+
+    @property
+    def noise_floor_db(self) -> float:
+        """The detector's floor right now (for a live display)."""
+        return self.detector.noise_floor_db
+
+    def push(self, samples: np.ndarray) -> None:
+        if self._finished:
+            raise RuntimeError("finish() was called; start a new Measurer")
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        pos = 0
+        while pos < x.size and self._seen < self.noise_samples:
+            # Background: one frame at a time, to know the floor each frame was compared with.
+            take = min(HOP - self._seen % HOP, self.noise_samples - self._seen, x.size - pos)
+            piece = x[pos : pos + take]
+            self._noise[self._seen : self._seen + take] = piece
+            self._candidates.extend(self.detector.push(piece))
+            self._seen += take
+            pos += take
+            frames = max(0, (self._seen - self.detector.delay) // HOP)
+            while len(self._floors) < frames:
+                self._floors.append(self.detector.noise_floor_db)
+        if pos < x.size:
+            rest = x[pos:]
+            self._clap_peak = max(self._clap_peak, float(np.max(np.abs(rest))))
+            self._candidates.extend(self.detector.push(rest))
+            self._seen += rest.size
+
+    def finish(self) -> None:
+        """Flush the detector (it reports a transient only after its decay has been seen)."""
+        if not self._finished:
+            tail = self.detector.lookahead + 4 * HOP + self.detector.delay
+            self._candidates.extend(self.detector.push(np.zeros(tail, dtype=np.float32)))
+            self._finished = True
+
+    # --- reports ---------------------------------------------------------------------
+
+    def _clap_phase(self) -> list[ClapCandidate]:
+        return [c for c in self._candidates if self.noise_samples <= c.sample < self._seen]
+
+    def current_claps(self) -> list[ClapCandidate]:
+        """The claps heard so far in the clapping phase (as `clap_report` would pick them)."""
+        shaped = [c for c in self._clap_phase() if c.is_clap]
+        if not shaped:
+            return []
+        loudest = max(c.level_db for c in shaped)
+        return [c for c in shaped if c.level_db >= loudest - CLAP_WINDOW_DB]
+
+    def noise_report(self) -> NoiseReport:
+        n = min(self._seen, self.noise_samples)
+        sr = self.sample_rate
+        x = self._noise[:n].astype(np.float64)
+        fir = highpass_fir(sr, self.settings.highpass_hz)
+        # Same filter and alignment as the detector (zeros before the stream start).
+        hp = np.convolve(x, fir, mode="full")[self.detector.delay : self.detector.delay + n]
+        frames = n // HOP
+        levels = np.array(
+            [_db(float(np.mean(hp[k * HOP : (k + 1) * HOP] ** 2))) for k in range(frames)]
+        )
+        skip = min(int(SETTLE_S * sr) // HOP, max(0, frames - 4))
+        floors = np.asarray(self._floors[:frames], dtype=np.float64)
+        # Frame k is compared with the floor left by frame k - 1.
+        before = floors[skip - 1 : frames - 1] if skip >= 1 else floors[: frames - 1]
+        above = levels[skip : skip + before.size] - before
+        noise_cands = [c for c in self._candidates if c.sample < self.noise_samples]
+        return NoiseReport(
+            duration_s=n / sr,
+            floor_db=float(np.median(floors[skip:frames])),
+            level_db=_db(float(np.mean(hp[skip * HOP :] ** 2))),
+            raw_level_db=_db(float(np.mean(x[skip * HOP :] ** 2))),
+            upper_db=float(np.percentile(above, NOISE_PERCENTILE)) if above.size else 0.0,
+            peak_dbfs=_db(float(np.max(np.abs(x))) ** 2) if n else -120.0,
+            transients=len(noise_cands),
+            clap_like=sum(1 for c in noise_cands if c.is_clap),
+        )
+
+    def clap_report(self, asked: int) -> ClapReport:
+        claps = self.current_claps()
+        clap_samples = max(0, self._seen - self.noise_samples)
+        return ClapReport(
+            asked=asked,
+            sample_rate=self.sample_rate,
+            duration_s=clap_samples / self.sample_rate,
+            claps=tuple(sorted(claps, key=lambda c: c.sample)),
+            others=len(self._clap_phase()) - len(claps),
+            peak_dbfs=_db(self._clap_peak**2) if clap_samples else -120.0,
+        )
+
+
+def analyse(
+    noise: Iterable[np.ndarray],
+    claps: Iterable[np.ndarray],
+    settings: ClapSettings,
+    sample_rate: int,
+    asked: int,
+) -> tuple[NoiseReport, ClapReport]:
+    """Measure a background recording and the clapping that followed it."""
+    noise_audio = np.concatenate([np.asarray(b, np.float32).reshape(-1) for b in noise])
+    m = Measurer(settings, sample_rate, noise_audio.size)
+    m.push(noise_audio)
+    for block in claps:
+        m.push(block)
+    m.finish()
+    return m.noise_report(), m.clap_report(asked)
+
+
+def propose(
+    noise: NoiseReport,
+    claps: ClapReport,
+    settings: ClapSettings,
+    *,
+    device: str,
+    sample_rate: int,
+) -> Proposal:
+    """Settings for this room, with the reasoning.
+
+    Onset threshold: the detector starts a clap when a frame is `onset_threshold_db` above
+    its floor. The background alone reaches `noise.upper_db` above the floor (its
+    99.5th percentile); the softest clap reached `claps.margin_db`. The threshold goes
+    halfway between the two (in dB), but no higher than the softest clap minus
+    CLAP_SPREAD_DB (claps vary; a softer one next time must still pass) and no lower than
+    the background's rise plus NOISE_MARGIN_DB (the room alone must not start claps);
+    the background wins when the two conflict. Clamped to ClapSettings' bounds (3-60 dB).
+
+    Gaps: the shortest allowed gap is half the user's shortest gap (echoes and flams are
+    far shorter than a deliberate second clap), within 0.08-0.25 s; the longest allowed gap
+    is the user's longest gap with 50 % (at least 0.25 s) to spare, within 0.4-2 s; the end
+    silence equals it, so a pattern is closed as soon as no further clap could still
+    belong to it. With fewer than two claps the settings' own gaps are kept.
+
+    Raises ValueError when no claps were measured (there is nothing to propose).
+    """
+    if claps.count == 0:
+        raise ValueError("no claps were heard")
+    if claps.level_db <= noise.floor_db:
+        raise ValueError(
+            f"the claps ({claps.level_db:.1f} dBFS) were no louder than the background "
+            f"({noise.floor_db:.1f} dBFS)"
+        )
+    warnings: list[str] = []
+    notes: list[str] = []
+    upper, margin = noise.upper_db, claps.margin_db
+    threshold = (upper + margin) / 2.0
+    threshold = min(threshold, margin - CLAP_SPREAD_DB)
+    threshold = max(threshold, upper + NOISE_MARGIN_DB)
+    threshold = _clamp(threshold, 3.0, 60.0)
+    notes.append(
+        f"onset threshold {threshold:.1f} dB: between the background's own rises "
+        f"({upper:.1f} dB above its floor) and the softest clap ({margin:.1f} dB above it)"
+    )
+    if margin < upper + NOISE_MARGIN_DB + CLAP_SPREAD_DB or margin < MIN_CLAP_MARGIN_DB:
+        warnings.append(
+            f"the claps stand only {margin:.1f} dB above the background (which itself "
+            f"rises {upper:.1f} dB): too noisy for reliable clap detection; clap louder or "
+            "closer to the microphone, or calibrate when the room is quieter"
+        )
+    if noise.floor_db > LOUD_FLOOR_DB:
+        warnings.append(
+            f"the background is loud ({noise.floor_db:.1f} dBFS): is a fan, TV or music on?"
+        )
+    if max(noise.peak_dbfs, claps.peak_dbfs) >= CLIP_DBFS:
+        warnings.append("the input clipped (reached full scale): lower the microphone gain")
+    if noise.clap_like:
+        warnings.append(
+            f"heard {noise.clap_like} clap-like sound(s) while measuring the background: "
+            "the room should be quiet then"
+        )
+    if claps.count != claps.asked:
+        warnings.append(f"asked for {claps.asked} claps but heard {claps.count}")
+
+    gaps = claps.gaps_s
+    if gaps:
+        shortest, longest = min(gaps), max(gaps)
+        min_gap = _clamp(0.5 * shortest, *MIN_GAP_BOUNDS)
+        max_gap = _clamp(max(1.5 * longest, longest + 0.25), *MAX_GAP_BOUNDS)
+        max_gap = max(max_gap, min_gap + 0.1)
+        notes.append(
+            f"gaps {min_gap:.2f}-{max_gap:.2f} s from your gaps of "
+            f"{shortest:.2f}-{longest:.2f} s; a pattern ends after {max_gap:.2f} s of quiet"
+        )
+        if longest > 1.2:
+            warnings.append(
+                f"claps up to {longest:.1f} s apart: clap at a steady pace, about half a "
+                "second apart, or patterns will be slow to finish"
+            )
+    else:
+        min_gap, max_gap = settings.min_gap_s, settings.max_gap_s
+        notes.append("only one clap: kept the configured gaps")
+    end_silence = max(max_gap, min_gap)
+    cal = Calibration(
+        device=device[:300],
+        sample_rate=sample_rate,
+        noise_floor_db=round(noise.floor_db, 2),
+        clap_level_db=round(claps.level_db, 2),
+        onset_threshold_db=round(threshold, 2),
+        min_gap_s=round(min_gap, 3),
+        max_gap_s=round(max_gap, 3),
+        end_silence_s=round(end_silence, 3),
+    )
+    return Proposal(calibration=cal, warnings=tuple(warnings), notes=tuple(notes))

@@ -1,0 +1,176 @@
+"""Clap detector and listener on synthetic audio: onsets, shape, chunk-size independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from claudio_daemon.detect.claps import ClapDetector
+from claudio_daemon.detect.listener import ClapListener
+from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.detect.verify import ClapVerifier
+
+SR = 22050
+
+
+def clap_burst(rng: np.random.Generator, level: float = 0.3) -> np.ndarray:
+    """A clap-like burst: white noise, 1 ms attack, ~15 ms exponential decay."""
+    n = int(0.12 * SR)
+    t = np.arange(n) / SR
+    env = np.minimum(t / 0.001, 1.0) * np.exp(-t / 0.015)
+    return level * env * rng.standard_normal(n)
+
+
+def thud(rng: np.random.Generator, level: float = 0.3) -> np.ndarray:
+    """A knock-like thud: a decaying 180 Hz resonance (what a wooden door does)."""
+    n = int(0.15 * SR)
+    t = np.arange(n) / SR
+    env = np.minimum(t / 0.001, 1.0) * np.exp(-t / 0.03)
+    return level * env * np.sin(2 * np.pi * 180 * t) + 0.002 * rng.standard_normal(n)
+
+
+def scene(onsets_s: list[float], seconds: float, seed: int = 0, maker=clap_burst) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = 0.003 * rng.standard_normal(int(seconds * SR))
+    for t in onsets_s:
+        b = maker(rng)
+        i = int(t * SR)
+        x[i : i + len(b)] += b[: len(x) - i]
+    return x
+
+
+def run_listener(x: np.ndarray, chunks, max_count: int = 3, **kw):
+    listener = ClapListener(ClapSettings(**kw), SR, max_count)
+    out = []
+    i = 0
+    for n in chunks:
+        if i >= len(x):
+            break
+        out.extend(listener.push(x[i : i + n]))
+        i += n
+    assert i >= len(x)
+    return out, listener
+
+
+def fixed(n: int):
+    while True:
+        yield n
+
+
+def test_onsets_are_precise_and_claps_accepted() -> None:
+    onsets = [1.0, 1.4, 1.75]
+    x = scene(onsets, 3.5)
+    cands = ClapDetector(ClapSettings(), SR).push(x)
+    assert len(cands) == 3
+    for c, t in zip(cands, onsets, strict=True):
+        assert abs(c.sample - t * SR) <= 0.002 * SR  # within 2 ms
+        assert c.is_clap and c.score > 0.9
+        assert c.rise_ms < 5 and c.decay_ms < 120 and c.centroid_hz > 2000
+
+
+def test_low_thuds_are_not_claps() -> None:
+    x = scene([1.0, 1.4], 2.5, maker=thud)
+    cands = ClapDetector(ClapSettings(), SR).push(x)
+    assert cands, "the thuds are loud transients and must be found"
+    assert not any(c.is_clap for c in cands)
+    out, _ = run_listener(x, fixed(1024))
+    assert out == []
+
+
+def test_steady_noise_and_its_switch_on_do_not_trigger() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([0.001 * rng.standard_normal(SR), 0.2 * rng.standard_normal(6 * SR)])
+    out, listener = run_listener(x, fixed(512))
+    assert out == []
+    assert not any(c.is_clap for c in listener.candidates)
+    assert listener.noise_floor_db > -25  # the floor has followed the loud background
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_count_and_decision_latency(count: int) -> None:
+    onsets = [1.0 + 0.35 * i for i in range(count)]
+    out, _ = run_listener(scene(onsets, 4.0, seed=count), fixed(1024))
+    assert [p.count for p in out] == [count]
+    (p,) = out
+    latency = (p.decided_sample - p.clap_samples[-1]) / SR
+    if count == 3:  # the largest count: decided after a short rhythm guard
+        assert latency < 0.75
+    else:
+        assert ClapSettings().end_silence_s <= latency < ClapSettings().end_silence_s + 0.3
+
+
+def test_two_and_three_claps_never_confused() -> None:
+    for seed in range(4):
+        gap = 0.2 + 0.15 * seed
+        two, _ = run_listener(scene([1.0, 1.0 + gap], 3.5, seed), fixed(777))
+        three, _ = run_listener(scene([1.0, 1.0 + gap, 1.0 + 2 * gap], 4.0, seed), fixed(777))
+        assert [p.count for p in two] == [2], gap
+        assert [p.count for p in three] == [3], gap
+
+
+def test_chunk_size_independence() -> None:
+    onsets = [0.5, 0.8, 2.5, 2.9, 3.3, 5.0, 5.3, 5.6, 5.9, 6.2, 6.5, 6.8, 11.0]
+    x = scene(onsets, 13.0, seed=7)
+    ref, ref_l = run_listener(x, fixed(1024))
+    assert [p.count for p in ref] == [2, 3, 1]  # the run of seven is applause
+    rng = np.random.default_rng(1)
+    random_sizes = iter(rng.integers(1, 5000, size=100000).tolist())
+    for chunks in (fixed(64), fixed(256), fixed(1000), fixed(4096), random_sizes):
+        out, lst = run_listener(x, chunks)
+        assert out == ref
+        assert lst.candidates == ref_l.candidates
+
+
+def test_disabled_listener_is_silent() -> None:
+    out, _ = run_listener(scene([1.0, 1.3], 3.0), fixed(1024), enabled=False)
+    assert out == []
+
+
+def _fake_scores(clap: float, knock: float):
+    def classify(segment: np.ndarray) -> dict[str, float]:
+        assert 0.3 * SR < len(segment) < 2.0 * SR  # the pattern and its margins
+        return {"clapping": clap, "door_wood_knock": knock, "dog": 0.01}
+
+    return classify
+
+
+def test_listener_asks_the_classifier_and_obeys_its_veto() -> None:
+    x = scene([1.0, 1.3], 3.0)
+    ok = ClapListener(ClapSettings(), SR, 3, classify=_fake_scores(0.8, 0.1))
+    assert [p.count for p in ok.push(x)] == [2]
+    veto = ClapListener(ClapSettings(), SR, 3, classify=_fake_scores(0.1, 0.9))
+    assert veto.push(x) == []
+    assert veto.rejected and veto.rejected[0][1].veto_label == "door_wood_knock"
+    off = ClapListener(
+        ClapSettings(confirm_with_classifier=False), SR, 3, classify=_fake_scores(0.1, 0.9)
+    )
+    assert [p.count for p in off.push(x)] == [2]
+
+
+def test_verifier_margin_and_inactive_without_clap_label(caplog) -> None:
+    s = ClapSettings()
+    v = ClapVerifier(["clapping", "door_wood_knock", "footsteps", "dog"], s)
+    assert v.active
+    assert not v.verify({"clapping": 0.2, "door_wood_knock": 0.7}).accepted
+    assert v.verify({"clapping": 0.6, "door_wood_knock": 0.7}).accepted  # within margin
+    assert v.verify({"clapping": 0.0, "door_wood_knock": 0.15}).accepted  # veto too weak
+    assert v.verify({"clapping": 0.1, "dog": 0.9}).accepted  # dog is not a veto label
+    caplog.set_level("WARNING")
+    nolabel = ClapVerifier(["dog", "door_wood_knock"], s)
+    assert not nolabel.active
+    assert nolabel.verify({"door_wood_knock": 1.0}).accepted
+    assert "no 'clapping' label" in caplog.text
+
+
+def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None:
+    """The verifier is active for a real model whose metadata lists "clapping"."""
+    import onnx
+
+    from claudio_daemon.model.metadata import ModelMetadata
+
+    props = {p.key: p.value for p in onnx.load(str(tiny_onnx_model)).metadata_props}
+    labels = ModelMetadata.from_onnx_props(props).labels
+    v = ClapVerifier(labels, ClapSettings())
+    assert v.active and v.veto_labels == ("door_wood_knock", "glass_breaking")
+    scores = {lab: (0.9 if lab == "glass_breaking" else 0.05) for lab in labels}
+    assert not v.verify(scores).accepted

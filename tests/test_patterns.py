@@ -1,0 +1,102 @@
+"""PatternGrouper on synthetic Clap events: gaps, end silence, max-count guard, applause."""
+
+from __future__ import annotations
+
+import pytest
+
+from claudio_daemon.detect.patterns import PatternGrouper
+from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.events import Clap
+
+SR = 22050
+
+
+def run(times_s, max_count=3, until_s=None, levels=None, **kw):
+    g = PatternGrouper(ClapSettings(**kw), SR, max_count)
+    out = []
+    for i, t in enumerate(times_s):
+        level = -20.0 if levels is None else levels[i]
+        out += g.push_clap(Clap(sample=int(t * SR), level_db=level))
+        out += g.advance(int(t * SR) + 1)
+    end = (times_s[-1] if times_s else 0) + 5 if until_s is None else until_s
+    for s in range(0, int(end * SR), 256):
+        out += g.advance(s)
+    return out, g
+
+
+def test_two_claps_decided_after_end_silence() -> None:
+    out, _ = run([1.0, 1.4])
+    (p,) = out
+    assert p.count == 2 and p.clap_samples == (SR, int(1.4 * SR))
+    assert p.decided_sample - p.clap_samples[-1] == pytest.approx(0.9 * SR, abs=256)
+
+
+def test_pending_pattern_waits_for_silence() -> None:
+    g = PatternGrouper(ClapSettings(), SR, 3)
+    assert g.push_clap(Clap(SR, -20.0)) == []
+    assert g.advance(int(1.5 * SR)) == []  # 0.5 s: a second clap may still come
+    assert g.deadline() == SR + int(0.9 * SR)
+    assert [p.count for p in g.advance(g.deadline())] == [1]
+
+
+def test_gap_too_long_splits_and_too_short_is_ignored() -> None:
+    out, _ = run([1.0, 2.5, 2.9])  # 1.5 s > max gap
+    assert [p.count for p in out] == [1, 2]
+    out, _ = run([1.0, 1.05, 1.4])  # 50 ms: an echo
+    assert [p.count for p in out] == [2]
+
+
+def test_max_count_decides_after_short_guard() -> None:
+    out, _ = run([1.0, 1.3, 1.6])
+    (p,) = out
+    wait = (p.decided_sample - p.clap_samples[-1]) / SR
+    assert 0.3 <= wait <= 0.45  # 1.3 x the 0.3 s gap, not the 0.9 s end silence
+
+
+def test_clap_inside_guard_means_applause() -> None:
+    out, g = run([1.0, 1.3, 1.6, 1.9, 2.2, 2.5], until_s=3.0)
+    assert out == [] and g.in_applause
+    out, g = run([1.0, 1.3, 1.6, 1.9, 2.2, 2.5])
+    assert out == [] and not g.in_applause  # quiet again after applause_quiet_s
+
+
+def test_applause_suppresses_until_quiet_then_commands_work() -> None:
+    applause = [1.0 + 0.25 * i for i in range(16)]  # 4 s of clapping
+    out, _ = run(applause + [6.5, 6.9])
+    assert [p.count for p in out] == [2]
+    assert out[0].clap_samples[0] == int(6.5 * SR)
+
+
+def test_clapping_on_right_after_a_pattern_is_not_a_new_command() -> None:
+    # Three claps decided after the guard, then more claps in the same rhythm.
+    out, _ = run([1.0, 1.2, 1.4, 1.75, 1.95, 2.15])
+    assert [p.count for p in out] == [3]
+
+
+def test_larger_max_count_waits_full_silence_for_smaller_counts() -> None:
+    out, _ = run([1.0, 1.3, 1.6], max_count=4)
+    (p,) = out
+    assert p.count == 3
+    assert p.decided_sample - p.clap_samples[-1] >= int(0.9 * SR)
+    out, _ = run([1.0, 1.3, 1.6, 1.9], max_count=4)
+    assert [p.count for p in out] == [4]
+
+
+def test_set_max_count_changes_the_limit() -> None:
+    g = PatternGrouper(ClapSettings(), SR, 2)
+    g.set_max_count(3)
+    for t in (1.0, 1.3, 1.6):
+        assert g.push_clap(Clap(int(t * SR), -20.0)) == []
+    assert [p.count for p in g.advance(int(3 * SR))] == [3]
+    with pytest.raises(ValueError):
+        g.set_max_count(0)
+
+
+def test_quiet_background_ticks_are_ignored_and_loud_claps_restart() -> None:
+    # Ticks 20 dB below the claps neither count nor break the pattern.
+    out, _ = run([1.0, 1.2, 1.4, 1.6], levels=[-20.0, -40.0, -20.0, -40.0])
+    assert [p.count for p in out] == [2]
+    # A run of quiet ticks is wiped by a clap far louder than them.
+    ticks = [0.5 + 0.2 * i for i in range(6)]
+    out, _ = run(ticks + [1.8, 2.1], levels=[-45.0] * 6 + [-20.0, -20.0])
+    assert [p.count for p in out] == [2]

@@ -1,0 +1,129 @@
+"""The clap detector on real ESC-50 recordings mixed into scenes (skips without the data).
+
+Bars are set from measured results on this scene set (seed 0), with a small margin.
+Steady backgrounds (rain, vacuum, washing machine) are the strict test; impulsive ones
+(typing, clock ticks) are harder and are measured by the clap benchmark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.scenes import (
+    cut_events,
+    cut_single_claps,
+    esc50_clips,
+    load_backgrounds,
+    load_clip,
+    make_applause_scene,
+    make_clip_scene,
+    make_pattern_scene,
+)
+from claudio_daemon.detect.listener import ClapListener
+from claudio_daemon.detect.settings import ClapSettings
+
+SR = 22050
+STEADY = ("rain", "vacuum_cleaner", "washing_machine")
+PER_N = 12
+
+
+@pytest.fixture(scope="session")
+def roots(shared_data):
+    return [shared_data / "esc50-16k-folds123", shared_data / "esc50-fold4-dev"]
+
+
+@pytest.fixture(scope="session")
+def bank(roots):
+    return {
+        "claps": cut_single_claps(roots),
+        "knocks": cut_events(roots, "door_wood_knock"),
+        "bg": load_backgrounds(roots, STEADY, per_category=3),
+    }
+
+
+def patterns(audio: np.ndarray, max_count: int = 4):
+    return ClapListener(ClapSettings(), SR, max_count).push(audio)
+
+
+@pytest.fixture(scope="session")
+def clap_results(bank):
+    rng = np.random.default_rng(0)
+    rows = []
+    for snr in (20.0, 10.0):
+        for n in (1, 2, 3, 4):
+            for _ in range(PER_N):
+                bg = bank["bg"][int(rng.integers(len(bank["bg"])))]
+                gaps = list(rng.uniform(0.2, 0.7, size=n - 1))
+                sc = make_pattern_scene(bank["claps"], n, gaps, bg, snr, rng)
+                rows.append((sc, patterns(sc.audio)))
+    return rows
+
+
+def test_cut_claps_start_at_their_onset(bank) -> None:
+    assert len(bank["claps"]) >= 10 and len(bank["knocks"]) >= 10
+    assert all(len(c) == int(0.22 * SR) for c in bank["claps"])
+
+
+@pytest.mark.parametrize("snr", [20.0, 10.0])
+def test_exact_counts_on_real_claps(clap_results, snr) -> None:
+    # Measured (seed 0): 20 dB 12/12/11/9, 10 dB 11/10/12/11 for N = 1..4; a miss is
+    # almost always one clap of four lost, never a wrong pattern from nothing.
+    total = 0
+    for n in (1, 2, 3, 4):
+        rows = [(sc, ps) for sc, ps in clap_results if sc.snr_db == snr and sc.count == n]
+        exact = sum(len(ps) == 1 and ps[0].count == n for _, ps in rows)
+        assert exact >= 9, (n, snr, exact)
+        total += exact
+    assert total >= 42, (snr, total)
+
+
+def test_two_and_three_hardly_ever_confused(clap_results) -> None:
+    confused = 0
+    for sc, ps in clap_results:
+        if sc.count in (2, 3):
+            wrong = {2: 3, 3: 2}[sc.count]
+            confused += any(p.count == wrong for p in ps)
+    # Measured: 1 of 48 (a quiet third clap lost in a vacuum cleaner at 20 dB); an extra
+    # clap from nothing (2 -> 3) never happened.
+    assert confused <= 1
+
+
+def test_clap_times_within_10_ms(clap_results) -> None:
+    errors = []
+    for sc, ps in clap_results:
+        if len(ps) == 1 and ps[0].count == sc.count:
+            errors += list(np.subtract(ps[0].clap_samples, sc.clap_samples) / SR * 1000)
+    errors = np.abs(errors)
+    assert len(errors) > 100
+    assert np.median(errors) < 2.0
+    assert np.mean(errors <= 10.0) >= 0.9  # measured 0.95
+
+
+def test_knocks_footsteps_speech_give_no_command(bank, roots) -> None:
+    rng = np.random.default_rng(1)
+    scenes = []
+    for i in range(12):
+        n = 2 + i % 2
+        gaps = list(rng.uniform(0.2, 0.7, size=n - 1))
+        bg = bank["bg"][i % len(bank["bg"])]
+        scenes.append(make_pattern_scene(bank["knocks"], n, gaps, bg, 20.0, rng, kind="knock"))
+    for cat in ("footsteps", "laughing", "coughing"):
+        clips = esc50_clips(roots, cat)
+        for i in range(8):
+            clip = load_clip(clips[int(rng.integers(len(clips)))])
+            scenes.append(make_clip_scene(clip, cat, bank["bg"][i % len(bank["bg"])], 20.0, rng))
+    false = [sc.kind for sc in scenes if any(p.count in (2, 3) for p in patterns(sc.audio, 3))]
+    # Measured: knocks 0/12, footsteps 0/8, laughing 3/8, coughing 2/8. Bursts of laughter
+    # and coughs are sharp and bright; the classifier veto has to catch those.
+    assert not [k for k in false if k in ("knock", "footsteps")], false
+    assert len(false) <= 6, false
+
+
+def test_applause_is_not_a_command(bank) -> None:
+    rng = np.random.default_rng(2)
+    fired = 0
+    for i in range(8):
+        sc = make_applause_scene(bank["claps"], bank["bg"][i % len(bank["bg"])], 20.0, rng)
+        fired += any(p.count in (2, 3) for p in patterns(sc.audio, 3))
+    assert fired <= 1
