@@ -165,6 +165,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from claudio_daemon.calibrate.command import register as _register_calibrate  # noqa: E402
+
+_register_calibrate(cli)
+
+
 def main() -> None:
     cli()
 

@@ -160,7 +160,7 @@ wait_until 5 offline || true
 
 echo
 echo "daemon said:"
-grep -E "claps at|toggle|on \(|off \(|error|warning" "$daemon_log" | sed 's/^/  /' || true
+grep -iE "claps at|toggle|on \(|off \(|error|warning" "$daemon_log" | sed 's/^/  /' || true
 echo "MQTT received:"
 sed 's/^/  /' "$mqtt_log"
 lamp=$(grep "^$LAMP " "$mqtt_log" | cut -d' ' -f2- || true)

@@ -33,10 +33,10 @@ AVAILABLE = "claudio/available"
 @pytest.fixture(scope="module")
 def two_then_three(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """Two claps, about 2.5 s of room, three claps: real claps over real quiet rain."""
-    root = shared_data / "esc50-fold4-dev"
-    claps = scenes.cut_single_claps(root)
-    assert len(claps) >= 3, f"bench.scenes.cut_single_claps found {len(claps)} claps in {root}"
-    bg = dict(scenes.load_backgrounds(root, ["rain"], per_category=1))["rain"]
+    roots = [shared_data / "esc50-16k-folds123", shared_data / "esc50-fold4-dev"]
+    claps = scenes.cut_single_claps(roots)
+    assert len(claps) >= 3, f"bench.scenes.cut_single_claps found {len(claps)} claps in {roots}"
+    bg = dict(scenes.load_backgrounds(roots[1], ["rain"], per_category=1))["rain"]
     rng = np.random.default_rng(23)
     two = scenes.make_pattern_scene(claps, 2, [0.45], ("rain", bg), 25.0, rng, tail_s=1.5)
     three = scenes.make_pattern_scene(claps, 3, [0.4, 0.5], ("rain", bg), 25.0, rng, tail_s=2.0)

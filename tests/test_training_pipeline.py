@@ -255,3 +255,13 @@ def test_cli_errors_are_one_line(
     assert message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.output
+
+
+def test_evaluate_maps_labels_by_name_on_real_recordings(trained, shared_data: Path) -> None:
+    # The toy model knows "clapping" and two labels ESC-50 lacks; only the 6 real clapping
+    # clips of fold 4 can be scored, and the other 294 are not even decoded.
+    m = evaluate(trained.best_checkpoint, shared_data / "esc50-fold4-dev").metrics
+    assert m["n_clips"] == 6 and m["n_labels"] == 1
+    assert m["clips_with_unknown_label"] == 294
+    assert m["by_source_rate"] == {"44100": {"n_clips": 6, "accuracy": 1.0}}
+    assert "dog" in m["labels_not_in_model"]

@@ -116,6 +116,8 @@ class EvalData:
     batches: Callable[[FrontEndConfig, int], Iterator[np.ndarray]]
     source_rates: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Single-label recordings left out up front because the model lacks their label.
+    n_outside: int = 0
 
 
 def _same_frontend(a: FrontEndConfig, b: FrontEndConfig) -> list[str]:
@@ -129,12 +131,15 @@ def open_data(
     layout: str = "auto",
     workers: int = 0,
     progress: bool = False,
+    model_labels: tuple[str, ...] | None = None,
 ) -> EvalData:
-    """A cache folder (has index.json) or a dataset folder in any supported layout."""
+    """A cache folder (has index.json) or a dataset folder in any supported layout.
+
+    With `model_labels`, single-label recordings of other labels are not decoded at all."""
     data = Path(data)
     if (data / "index.json").is_file():
         return _cache_data(data, folds)
-    return _dataset_data(data, folds, layout, workers, progress)
+    return _dataset_data(data, folds, layout, workers, progress, model_labels)
 
 
 def _cache_data(path: Path, folds: tuple[str, ...] | None) -> EvalData:
@@ -189,7 +194,12 @@ class _Clips(torch.utils.data.Dataset):
 
 
 def _dataset_data(
-    root: Path, folds: tuple[str, ...] | None, layout: str, workers: int, progress: bool
+    root: Path,
+    folds: tuple[str, ...] | None,
+    layout: str,
+    workers: int,
+    progress: bool,
+    model_labels: tuple[str, ...] | None = None,
 ) -> EvalData:
     from tqdm.auto import tqdm
 
@@ -201,6 +211,12 @@ def _dataset_data(
         manifest = manifest.subset(folds)
         if not manifest.items:
             raise EvaluationError(f"{root}: no recordings in folds {list(folds)}")
+    n_outside = 0
+    if model_labels is not None and not manifest.multi_label:
+        known = set(model_labels)
+        keep = tuple(i for i in manifest.items if known.intersection(i.labels))
+        n_outside = len(manifest.items) - len(keep)
+        manifest = type(manifest)(keep, manifest.labels, manifest.name, manifest.multi_label)
     index_of = {lab: c for c, lab in enumerate(manifest.labels)}
     paths = [item.path for item in manifest.items]
     # Decoding happens once the model's front end is known; rows that fail to decode are
@@ -210,10 +226,17 @@ def _dataset_data(
     for r, item in enumerate(manifest.items):
         targets[r, [index_of[lab] for lab in item.labels]] = 1.0
     data = EvalData(
-        manifest.name, manifest.labels, targets, manifest.multi_label, lambda f, b: iter(())
+        manifest.name,
+        manifest.labels,
+        targets,
+        manifest.multi_label,
+        lambda f, b: iter(()),
+        n_outside=n_outside,
     )
 
     def decode(fe: FrontEndConfig) -> None:
+        if not paths:
+            raise EvaluationError(f"{root}: no recordings carry a label the model knows")
         loader = torch.utils.data.DataLoader(
             _Clips(paths, fe), batch_size=16, num_workers=workers, collate_fn=_as_list
         )
@@ -350,7 +373,9 @@ def evaluate(
     """Score `model_path` on `data`; write metrics.json, report.md, per_class_ap.png to
     `out_dir` when given."""
     model = load_model(model_path, device=device)
-    ev = open_data(data, folds, layout, workers=workers, progress=progress)
+    ev = open_data(
+        data, folds, layout, workers=workers, progress=progress, model_labels=model.labels
+    )
     shared = [lab for lab in model.labels if lab in set(ev.labels)]
     if not shared:
         raise EvaluationError(
@@ -363,11 +388,11 @@ def evaluate(
     logits = logits_all[:, m_cols]
     targets = ev.targets[:, d_cols]
     rates = ev.source_rates
-    n_outside = 0
+    n_outside = ev.n_outside
     if not ev.multi_label:
         # A single-label clip whose label the model does not know cannot be scored.
         keep = targets.sum(1) > 0
-        n_outside = int((~keep).sum())
+        n_outside += int((~keep).sum())
         logits, targets = logits[keep], targets[keep]
         rates = rates[keep] if rates is not None else None
     metrics = compute_metrics(logits, targets, tuple(shared), ev.multi_label, rates, threshold)

@@ -9,10 +9,15 @@ Why it is built this way:
 * The stream is split into phases by sample count only (the first `noise_samples` are the
   background, everything after them is the clapping), so a file and a microphone give the
   same result and the chunk size never matters.
+* Audio drivers often start with a burst of digital silence. It is not the room, so the
+  stream starts at the first non-zero sample; otherwise the detector's floor would start
+  at -120 dB and need seconds to climb to the real background.
 * While measuring, the detector runs with a low onset threshold and no absolute level
   floor: calibration must see quiet claps to be able to say they are quiet. Which
   transients count as the user's claps is decided afterwards from their shape (the
-  detector's `is_clap`) and their loudness relative to the loudest clap.
+  detector's `is_clap`) and their loudness: clearly above the background floor, louder
+  than any clap-like sound the background made by itself during the quiet phase (rain
+  drops, a ticking clock), and within CLAP_WINDOW_DB of the loudest clap.
 
 The proposal (`propose`) explains itself in `Proposal.notes`; see its docstring for the
 threshold and gap logic.
@@ -36,8 +41,13 @@ MEASURE_ONSET_DB = 6.0
 SETTLE_S = 0.5
 #: How high the background alone rises above the floor: this percentile of frame levels.
 NOISE_PERCENTILE = 99.5
-#: Clap-shaped transients this much quieter than the loudest clap are background, not claps.
-CLAP_WINDOW_DB = 15.0
+#: Clap-shaped transients this much quieter than the loudest clap are background, not claps
+#: (the detector's own default `level_range_db`: claps of one pattern are about equally loud).
+CLAP_WINDOW_DB = 10.0
+#: A clap must stand this far above the background floor ...
+MIN_CLAP_RISE_DB = 10.0
+#: ... and this far above the loudest clap-shaped sound the background made by itself.
+OVER_BACKGROUND_DB = 3.0
 #: The threshold lets a clap this much softer than the softest measured one through.
 CLAP_SPREAD_DB = 6.0
 #: The background alone should stay at least this far below the threshold.
@@ -77,7 +87,7 @@ class NoiseReport:
     peak_dbfs: float
     #: Transients the detector found while the room should have been quiet.
     transients: int
-    #: Of those, how many had a clap's shape.
+    #: Of those, how many the configured detector would have taken for claps.
     clap_like: int
 
 
@@ -112,11 +122,6 @@ class ClapReport:
         return max(c.level_db for c in self.claps)
 
     @property
-    def margin_db(self) -> float:
-        """How far the softest clap stood above the floor the detector compared it with."""
-        return min(c.level_db - c.floor_db for c in self.claps)
-
-    @property
     def rise_ms(self) -> float:
         return float(np.median([c.rise_ms for c in self.claps]))
 
@@ -131,7 +136,7 @@ class ClapReport:
     @property
     def gaps_s(self) -> tuple[float, ...]:
         t = [c.sample for c in self.claps]
-        return tuple((b - a) / self.sample_rate for a, b in zip(t, t[1:]))
+        return tuple((b - a) / self.sample_rate for a, b in zip(t[:-1], t[1:], strict=True))
 
 
 @dataclass(frozen=True)
@@ -174,12 +179,19 @@ class Measurer:
         self._floors: list[float] = []  # detector floor after each analysed frame
         self._candidates: list[ClapCandidate] = []
         self._seen = 0
+        self._skipped = 0
         self._clap_peak = 0.0
         self._finished = False
 
     @property
     def samples_seen(self) -> int:
+        """Samples measured, from the first non-zero one."""
         return self._seen
+
+    @property
+    def silent_samples(self) -> int:
+        """Leading digital silence skipped so far."""
+        return self._skipped
 
     @property
     def in_noise_phase(self) -> bool:
@@ -194,6 +206,11 @@ class Measurer:
         if self._finished:
             raise RuntimeError("finish() was called; start a new Measurer")
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._seen == 0:
+            live = np.flatnonzero(x)
+            first = int(live[0]) if live.size else x.size
+            self._skipped += first
+            x = x[first:]
         pos = 0
         while pos < x.size and self._seen < self.noise_samples:
             # Background: one frame at a time, to know the floor each frame was compared with.
@@ -224,13 +241,36 @@ class Measurer:
     def _clap_phase(self) -> list[ClapCandidate]:
         return [c for c in self._candidates if self.noise_samples <= c.sample < self._seen]
 
+    def _floor_db(self) -> float:
+        frames = min(self._seen, self.noise_samples) // HOP
+        skip = min(int(SETTLE_S * self.sample_rate) // HOP, max(0, frames - 4))
+        floors = self._floors[skip:frames]
+        return float(np.median(floors)) if floors else -120.0
+
     def current_claps(self) -> list[ClapCandidate]:
         """The claps heard so far in the clapping phase (as `clap_report` would pick them)."""
-        shaped = [c for c in self._clap_phase() if c.is_clap]
+        if self._seen <= self.noise_samples:
+            return []
+        background = [
+            c.level_db for c in self._candidates if c.sample < self.noise_samples and c.is_clap
+        ]
+        bar = max(
+            self._floor_db() + MIN_CLAP_RISE_DB,
+            max(background, default=-120.0) + OVER_BACKGROUND_DB,
+        )
+        shaped = [c for c in self._clap_phase() if c.is_clap and c.level_db >= bar]
         if not shaped:
             return []
         loudest = max(c.level_db for c in shaped)
         return [c for c in shaped if c.level_db >= loudest - CLAP_WINDOW_DB]
+
+    def _would_count(self, c: ClapCandidate) -> bool:
+        s = self.settings
+        return (
+            c.is_clap
+            and c.level_db >= c.floor_db + s.onset_threshold_db
+            and c.level_db >= s.min_level_db
+        )
 
     def noise_report(self) -> NoiseReport:
         n = min(self._seen, self.noise_samples)
@@ -251,13 +291,13 @@ class Measurer:
         noise_cands = [c for c in self._candidates if c.sample < self.noise_samples]
         return NoiseReport(
             duration_s=n / sr,
-            floor_db=float(np.median(floors[skip:frames])),
+            floor_db=self._floor_db(),
             level_db=_db(float(np.mean(hp[skip * HOP :] ** 2))),
             raw_level_db=_db(float(np.mean(x[skip * HOP :] ** 2))),
             upper_db=float(np.percentile(above, NOISE_PERCENTILE)) if above.size else 0.0,
             peak_dbfs=_db(float(np.max(np.abs(x))) ** 2) if n else -120.0,
             transients=len(noise_cands),
-            clap_like=sum(1 for c in noise_cands if c.is_clap),
+            clap_like=sum(1 for c in noise_cands if self._would_count(c)),
         )
 
     def clap_report(self, asked: int) -> ClapReport:
@@ -302,8 +342,8 @@ def propose(
 
     Onset threshold: the detector starts a clap when a frame is `onset_threshold_db` above
     its floor. The background alone reaches `noise.upper_db` above the floor (its
-    99.5th percentile); the softest clap reached `claps.margin_db`. The threshold goes
-    halfway between the two (in dB), but no higher than the softest clap minus
+    99.5th percentile); the softest clap reached `claps.quietest_db - noise.floor_db`.
+    The threshold goes halfway between the two (in dB), but no higher than the softest clap minus
     CLAP_SPREAD_DB (claps vary; a softer one next time must still pass) and no lower than
     the background's rise plus NOISE_MARGIN_DB (the room alone must not start claps);
     the background wins when the two conflict. Clamped to ClapSettings' bounds (3-60 dB).
@@ -325,7 +365,10 @@ def propose(
         )
     warnings: list[str] = []
     notes: list[str] = []
-    upper, margin = noise.upper_db, claps.margin_db
+    upper = noise.upper_db
+    # Against the measured background rather than each clap's running floor: that is
+    # the level the daemon's floor settles at in this room.
+    margin = claps.quietest_db - noise.floor_db
     threshold = (upper + margin) / 2.0
     threshold = min(threshold, margin - CLAP_SPREAD_DB)
     threshold = max(threshold, upper + NOISE_MARGIN_DB)

@@ -11,8 +11,9 @@ Early stopping watches the validation folds (never the test folds); the kept mod
 the best round.
 
 Feature importance, both reported:
-- gain: xgboost's average loss reduction of the splits on each feature (mean over boosters),
-  normalised to sum 1. Cheap, but favours continuous features with many split points;
+- gain: each feature's share of the total loss reduction of all splits on it ("total_gain",
+  summed over the boosters, normalised to sum 1). xgboost's per-split average ("gain") was
+  not used: it ranks a feature split once by luck above one that carries a label;
 - permutation: the drop in validation mAP when one column is shuffled (mean of `repeats`
   shuffles). It measures what the model loses on held-out clips, so it decides which
   `top_k` (15) features the second, smaller model is retrained on (`rank_by`).
@@ -206,12 +207,13 @@ def train_xgb(
 
 
 def gain_importance(model: XGBModel) -> dict[str, float]:
-    """Average split gain per feature (mean over boosters), normalised to sum 1."""
+    """Total split gain per feature, summed over the boosters, normalised to sum 1."""
     total = dict.fromkeys(model.feature_names, 0.0)
-    used = [b for b in model.boosters if b is not None]
-    for booster in used:
-        for name, gain in booster.get_score(importance_type="gain").items():
-            total[name] += float(gain) / len(used)
+    for booster in model.boosters:
+        if booster is None:
+            continue
+        for name, gain in booster.get_score(importance_type="total_gain").items():
+            total[name] += float(gain)
     norm = sum(total.values())
     return {k: (v / norm if norm > 0 else 0.0) for k, v in total.items()}
 

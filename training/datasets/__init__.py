@@ -57,3 +57,34 @@ def load_dataset(root: str | Path, layout: str = "auto", split: str = "dev") -> 
     if layout == "esc50":
         return load_esc50(root)
     return load_folder(root)
+
+
+def merge_manifests(manifests: list[Manifest]) -> Manifest:
+    """One dataset from several folders of the same kind (ESC-50 folds 1-3 at 16 kHz and
+    fold 4 at 44.1 kHz, say): the vocabularies must agree, so label order stays the model's
+    output order."""
+    if not manifests:
+        raise DatasetError("no datasets to merge")
+    first = manifests[0]
+    for other in manifests[1:]:
+        if set(other.labels) != set(first.labels):
+            missing = sorted(set(first.labels) ^ set(other.labels))[:5]
+            raise DatasetError(
+                f"{other.name}: its labels differ from {first.name}'s (e.g. {missing}); "
+                "only datasets with the same vocabulary can be combined"
+            )
+    if len(manifests) == 1:
+        return first
+    items = tuple(item for m in manifests for item in m.items)
+    paths = [item.path for item in items]
+    if len(set(paths)) != len(paths):
+        raise DatasetError("the same recording appears in two of the datasets")
+    name = "+".join(m.name for m in manifests)
+    return Manifest(items, first.labels, name, any(m.multi_label for m in manifests))
+
+
+def load_datasets(
+    roots: list[str | Path], layout: str = "auto", split: str = "dev"
+) -> Manifest:
+    """`load_dataset` for one or more folders, merged with `merge_manifests`."""
+    return merge_manifests([load_dataset(r, layout, split) for r in roots])
