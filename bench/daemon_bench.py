@@ -137,8 +137,7 @@ def latency(model: Path, work: Path, patterns: int) -> list[float]:
     from claudio_daemon.rules.loader import parse_rules
     from tests.fixtures.broker import Subscriber, running_broker
 
-    root = SHARED / "esc50-fold4-dev"
-    claps = scenes.cut_single_claps(root)
+    claps = scenes.cut_single_claps([SHARED / "esc50-16k-folds123", SHARED / "esc50-fold4-dev"])
     rng = np.random.default_rng(3)
     with running_broker(work / "broker") as broker:
         rules = parse_rules(RULES.format(port=broker.port, model=model))
@@ -187,7 +186,8 @@ def main() -> None:
     try:
         model = _model(args.model, work)
         print(f"model: {model}")
-        print(f"{'scenario':<12}{'audio s':>9}{'CPU s':>8}{'% core':>8}{'classif.':>10}{'peak MB':>9}")
+        header = ("scenario", "audio s", "CPU s", "% core", "classif.", "peak MB")
+        print(f"{header[0]:<12}" + "".join(f"{h:>9}" for h in header[1:]))
         for kind in ("quiet", "continuous"):
             res = subprocess.run(
                 [sys.executable, __file__, "--child", kind, str(model), "--seconds",
@@ -195,8 +195,8 @@ def main() -> None:
                 capture_output=True, text=True, check=True, cwd=ROOT,
             )
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{kind:<12}{r['audio_s']:>9.0f}{r['cpu_s']:>8.2f}{r['core_percent']:>8.2f}"
-                  f"{r['classifications']:>10}{r['peak_mb']:>9.0f}")
+            print(f"{kind:<12}{r['audio_s']:>9.0f}{r['cpu_s']:>9.2f}{r['core_percent']:>9.2f}"
+                  f"{r['classifications']:>9}{r['peak_mb']:>9.0f}")
         if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
             lat = latency(model, work, args.patterns)
             if lat:

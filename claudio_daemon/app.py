@@ -270,11 +270,17 @@ def run_service(
         runner.set_away(True, "rules.yaml")
     else:
         publisher.publish_away_state(False)
-    log.info("listening on %s (%d triggers, model %s)", where, len(parts.rules.triggers),
-             parts.classifier.metadata.model_name if parts.classifier else "none")
-    notifier.ready(f"listening on {where}")
+
+    def listening() -> None:
+        log.info("listening on %s (%d triggers, model %s)", where, len(parts.rules.triggers),
+                 parts.classifier.metadata.model_name if parts.classifier else "none")
+        notifier.ready(f"listening on {where}")
+
+    runner.on_listening = listening
     try:
         runner.run(source)
+    except AudioDeviceError as exc:
+        raise UserError(str(exc)) from exc
     finally:
         notifier.stopping()
         source.close()

@@ -62,10 +62,9 @@ class Pipeline:
         self.sample_rate = cfg.sample_rate
         self.stats = PipelineStats()
         self.mel = StreamingLogMel(cfg) if classifier is not None else None
-        self.gate = ActivityGate(
-            cfg.sample_rate,
-            initial_floor_db=calibration.noise_floor_db if calibration is not None else None,
-        )
+        # The gate measures the full-band level and finds its own floor within seconds; the
+        # calibrated floor is of the high-passed signal, so it tunes the clap detector only.
+        self.gate = ActivityGate(cfg.sample_rate)
         self.engine = RuleEngine(rules, cfg.sample_rate, clock=clock)
         self.claps = ClapListener(
             self._clap_settings(rules.claps),

@@ -60,6 +60,7 @@ class Runner:
         json_levels: bool = False,
         notifier: Notifier | None = None,
         housekeeping: Callable[[], None] | None = None,
+        on_listening: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
@@ -67,6 +68,9 @@ class Runner:
         self.json_levels = json_levels
         self.notifier = notifier
         self.housekeeping = housekeeping
+        #: Called once, when the first audio arrives: a microphone opens inside blocks(),
+        #: so only then is the daemon really listening (systemd's READY=1).
+        self.on_listening = on_listening
         self.commands: queue.SimpleQueue[RemoteCommand] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._source: AudioSource | None = None
@@ -93,6 +97,9 @@ class Runner:
         if self._stop.is_set():
             source.close()
         for block in source.blocks():
+            if self.on_listening is not None:
+                self.on_listening()
+                self.on_listening = None
             self._apply_commands()
             for event in self.pipeline.process(block.samples):
                 self.dispatch(event)

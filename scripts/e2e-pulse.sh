@@ -154,6 +154,11 @@ wait_until 8 both_switched || true
 
 # --- 6. stop the daemon as systemd does, and check ----------------------------------------
 kill -TERM "$daemon_pid"
+stopped() { ! alive "$daemon_pid"; }
+if ! wait_until 20 stopped; then
+  say "the daemon ignored SIGTERM for 20 s; killing it"
+  kill -KILL "$daemon_pid" 2>/dev/null || true
+fi
 wait "$daemon_pid" && code=0 || code=$?
 offline() { [ "$(grep "^claudio/available " "$mqtt_log" | tail -n 1)" = "claudio/available offline" ]; }
 wait_until 5 offline || true

@@ -24,7 +24,7 @@ OUT = Path(__file__).resolve().parents[1] / "demo" / "claps-demo.flac"
 def main(root: str) -> None:
     roots = [Path(root) / "esc50-fold4-dev", Path(root) / "esc50-16k-folds123"]
     rng = np.random.default_rng(7)
-    claps = scenes.cut_single_claps(roots[0])
+    claps = scenes.cut_single_claps(roots)
     knocks = scenes.cut_events(roots[0], "door_wood_knock", length_s=0.25)
     backgrounds = dict(scenes.load_backgrounds(roots[0], ["rain"], per_category=1))
     bg = backgrounds["rain"]

@@ -36,7 +36,7 @@ TV = "zigbee2mqtt/living_room_tv/set"
 def scene_files(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
     root = shared_data / "esc50-fold4-dev"
     rng = np.random.default_rng(11)
-    claps = scenes.cut_single_claps(root)
+    claps = scenes.cut_single_claps([shared_data / "esc50-16k-folds123", root])
     knocks = scenes.cut_events(root, "door_wood_knock", length_s=0.25)
     bg = dict(scenes.load_backgrounds(root, ["rain"], per_category=1))["rain"]
     assert len(claps) >= 3 and len(knocks) >= 3

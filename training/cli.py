@@ -81,7 +81,13 @@ def _setup(
 @app.command()
 @_friendly
 def precache(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (FSD50K, ESC-50 or folder layout).")],
+    data: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Dataset folder(s) (FSD50K, ESC-50 or folder layout); several folders of "
+            "the same vocabulary are merged into one cache."
+        ),
+    ],
     cache: Annotated[Path, typer.Option("--cache", help="Where to write the log-mel cache.")],
     layout: Annotated[str, typer.Option(help="auto, fsd50k, esc50 or folder.")] = "auto",
     split: Annotated[str, typer.Option(help="FSD50K split: dev or eval.")] = "dev",
@@ -90,9 +96,9 @@ def precache(
     """Decode every recording once into a log-mel cache."""
     from claudio_daemon.features.frontend import FrontEndConfig
     from training.cache import precache as run_precache
-    from training.datasets import load_dataset
+    from training.datasets import load_datasets
 
-    manifest = load_dataset(data, layout=layout, split=split)
+    manifest = load_datasets(list(data), layout=layout, split=split)
     report = run_precache(
         manifest, cache, FrontEndConfig(), workers=workers, progress=sys.stderr.isatty()
     )

@@ -146,6 +146,16 @@ def lr_factor(step: int, total: int, scheduler: str, warmup: float) -> float:
 # --------------------------------------------------------------------------- helpers
 
 
+def cpu_bf16_supported() -> bool:
+    """Native bfloat16 on this CPU (emulated bf16 would be slower than float32)."""
+    try:
+        return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")) and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -207,6 +217,7 @@ def predict_logits(
     amp: bool = False,
     progress: bool = False,
     desc: str = "eval",
+    amp_dtype: torch.dtype = torch.float16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run `model` over a loader of (x, y); return float64 logits and targets."""
     from tqdm.auto import tqdm
@@ -214,7 +225,7 @@ def predict_logits(
     model.eval()
     outs, ys = [], []
     for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
             logits = model(x.to(device, non_blocking=True))
         outs.append(logits.float().cpu().numpy())
         ys.append(np.asarray(y))
@@ -260,6 +271,11 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     device = pick_device(cfg.device, dist.local_rank if dist.enabled else None)
     owns_group = init_distributed(dist, device)
     use_amp = bool(cfg.amp and device.type == "cuda")
+    amp_dtype = torch.float16
+    if cfg.amp and device.type == "cpu" and cpu_bf16_supported():
+        # bfloat16 autocast roughly halves CPU training time on processors with native
+        # bf16 (AVX512-BF16, AMX); it needs no loss scaling, so the GradScaler stays off.
+        use_amp, amp_dtype = True, torch.bfloat16
 
     resume_state: dict[str, Any] | None = None
     if cfg.resume:
@@ -371,7 +387,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, cfg.scheduler, cfg.warmup)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     start_epoch, step, best, best_epoch, bad_epochs = 0, 0, -math.inf, -1, 0
     history: list[dict[str, Any]] = []
@@ -465,7 +481,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
             y = y.to(device, non_blocking=True).float()
             if mix_alpha > 0:
                 x, y = mixup_batch(x, y, mix_alpha, mix_gen)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -504,7 +520,9 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         improved = False
         if dist.is_main:
             if len(val_ds):
-                logits, targets = predict_logits(unwrap(model), val_loader, device, use_amp)
+                logits, targets = predict_logits(
+                    unwrap(model), val_loader, device, use_amp, amp_dtype=amp_dtype
+                )
                 record["val_loss"] = float(
                     eval_criterion(torch.from_numpy(logits), torch.from_numpy(targets))
                 )

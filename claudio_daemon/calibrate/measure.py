@@ -2,10 +2,14 @@
 
 Why it is built this way:
 
-* Every number is measured by the clap detector itself (`ClapDetector`), on the same
-  high-passed signal and the same frame grid, so a threshold proposed here means exactly
-  what the daemon will compare it with. The noise floor is the detector's own adaptive
-  floor, not a separate estimate that could disagree with it by a few dB.
+* Every number is measured as the clap detector (`ClapDetector`) measures it: clap levels
+  by the detector itself, the background on the same high-passed signal and frame grid,
+  so a threshold proposed here means what the daemon will compare it with. The noise
+  floor is the 10th percentile of the background's frame levels, which is where the
+  detector's adaptive floor (falls fast, rises slowly) settles: within ~2 dB on ESC-50
+  rain, wind, vacuum cleaner, washing machine, crickets, clock and typing. The follower's
+  own value is not used because it depends on how the stream started (a driver's
+  fade-in or a resampler's first samples drag it down for seconds).
 * The stream is split into phases by sample count only (the first `noise_samples` are the
   background, everything after them is the clapping), so a file and a microphone give the
   same result and the chunk size never matters.
@@ -37,8 +41,10 @@ from claudio_daemon.detect.settings import ClapSettings
 
 #: Onset threshold (dB above the floor) used while measuring: low, to see quiet claps too.
 MEASURE_ONSET_DB = 6.0
-#: The first part of the background phase, while the detector's floor settles, is not used.
+#: The first part of the background phase (a driver's fade-in, the floor settling) is not used.
 SETTLE_S = 0.5
+#: The detector's adaptive floor settles near this percentile of the background's frame levels.
+FLOOR_PERCENTILE = 10.0
 #: How high the background alone rises above the floor: this percentile of frame levels.
 NOISE_PERCENTILE = 99.5
 #: Clap-shaped transients this much quieter than the loudest clap are background, not claps
@@ -75,9 +81,9 @@ class NoiseReport:
     """The background phase."""
 
     duration_s: float
-    #: The detector's adaptive noise floor (dBFS, high-passed), median over the phase.
+    #: Background floor (dBFS, high-passed): where the detector's adaptive floor settles.
     floor_db: float
-    #: RMS level of the high-passed background (dBFS): a little above the floor.
+    #: Energy-mean level of the high-passed background (dBFS): a little above the floor.
     level_db: float
     #: RMS level of the unfiltered input (dBFS), what a plain level meter shows.
     raw_level_db: float
@@ -85,7 +91,8 @@ class NoiseReport:
     upper_db: float
     #: Highest sample magnitude (dBFS).
     peak_dbfs: float
-    #: Transients the detector found while the room should have been quiet.
+    #: Transients the detector found while the room should have been quiet (with the
+    #: sensitive measuring settings).
     transients: int
     #: Of those, how many the configured detector would have taken for claps.
     clap_like: int
@@ -166,7 +173,7 @@ class Measurer:
     """
 
     def __init__(self, settings: ClapSettings, sample_rate: int, noise_samples: int) -> None:
-        if noise_samples < int(SETTLE_S * sample_rate) + 4 * HOP:
+        if noise_samples < int(SETTLE_S * sample_rate) + 16 * HOP:
             raise ValueError(
                 f"the background phase must be longer than {SETTLE_S + 0.1:g} s "
                 f"({noise_samples} samples at {sample_rate} Hz is too short)"
@@ -175,8 +182,9 @@ class Measurer:
         self.sample_rate = int(sample_rate)
         self.noise_samples = int(noise_samples)
         self.detector = ClapDetector(measuring_settings(settings), self.sample_rate)
+        self._settle = int(SETTLE_S * self.sample_rate)
         self._noise = np.zeros(self.noise_samples, dtype=np.float32)
-        self._floors: list[float] = []  # detector floor after each analysed frame
+        self._levels: np.ndarray | None = None  # background frame levels, once complete
         self._candidates: list[ClapCandidate] = []
         self._seen = 0
         self._skipped = 0
@@ -193,15 +201,6 @@ class Measurer:
         """Leading digital silence skipped so far."""
         return self._skipped
 
-    @property
-    def in_noise_phase(self) -> bool:
-        return self._seen < self.noise_samples
-
-    @property
-    def noise_floor_db(self) -> float:
-        """The detector's floor right now (for a live display)."""
-        return self.detector.noise_floor_db
-
     def push(self, samples: np.ndarray) -> None:
         if self._finished:
             raise RuntimeError("finish() was called; start a new Measurer")
@@ -211,23 +210,14 @@ class Measurer:
             first = int(live[0]) if live.size else x.size
             self._skipped += first
             x = x[first:]
-        pos = 0
-        while pos < x.size and self._seen < self.noise_samples:
-            # Background: one frame at a time, to know the floor each frame was compared with.
-            take = min(HOP - self._seen % HOP, self.noise_samples - self._seen, x.size - pos)
-            piece = x[pos : pos + take]
-            self._noise[self._seen : self._seen + take] = piece
-            self._candidates.extend(self.detector.push(piece))
-            self._seen += take
-            pos += take
-            frames = max(0, (self._seen - self.detector.delay) // HOP)
-            while len(self._floors) < frames:
-                self._floors.append(self.detector.noise_floor_db)
-        if pos < x.size:
-            rest = x[pos:]
-            self._clap_peak = max(self._clap_peak, float(np.max(np.abs(rest))))
-            self._candidates.extend(self.detector.push(rest))
-            self._seen += rest.size
+        if x.size == 0:
+            return
+        take = min(x.size, max(0, self.noise_samples - self._seen))
+        self._noise[self._seen : self._seen + take] = x[:take]
+        if take < x.size:
+            self._clap_peak = max(self._clap_peak, float(np.max(np.abs(x[take:]))))
+        self._candidates.extend(self.detector.push(x))
+        self._seen += x.size
 
     def finish(self) -> None:
         """Flush the detector (it reports a transient only after its decay has been seen)."""
@@ -236,24 +226,47 @@ class Measurer:
             self._candidates.extend(self.detector.push(np.zeros(tail, dtype=np.float32)))
             self._finished = True
 
+    # --- background statistics -------------------------------------------------------
+
+    def _frame_levels(self) -> np.ndarray:
+        """Per-frame levels (dB) of the high-passed background after the settling time,
+        on the detector's frame grid; digital silence (dropouts) left out."""
+        if self._levels is not None:
+            return self._levels
+        n = min(self._seen, self.noise_samples)
+        x = self._noise[:n].astype(np.float64)
+        fir = highpass_fir(self.sample_rate, self.settings.highpass_hz)
+        delay = (len(fir) - 1) // 2
+        # Same filter and alignment as the detector (zeros before the stream start).
+        hp = np.convolve(x, fir, mode="full")[delay : delay + n]
+        frames = hp[: n // HOP * HOP].reshape(-1, HOP)
+        skip = min(self._settle // HOP, max(0, len(frames) - 8))
+        power = np.mean(frames[skip:] ** 2, axis=1)
+        levels = 10.0 * np.log10(np.maximum(power, 1e-12))
+        levels = levels[levels > -119.0]
+        if n == self.noise_samples:
+            self._levels = levels
+        return levels
+
+    def _floor_db(self) -> float:
+        levels = self._frame_levels()
+        return float(np.percentile(levels, FLOOR_PERCENTILE)) if levels.size else -120.0
+
+    def _background_candidates(self) -> list[ClapCandidate]:
+        """Transients of the quiet phase, after the start-up (a driver's fade-in or a
+        resampler's first samples look like an onset from silence)."""
+        return [c for c in self._candidates if self._settle <= c.sample < self.noise_samples]
+
     # --- reports ---------------------------------------------------------------------
 
     def _clap_phase(self) -> list[ClapCandidate]:
         return [c for c in self._candidates if self.noise_samples <= c.sample < self._seen]
 
-    def _floor_db(self) -> float:
-        frames = min(self._seen, self.noise_samples) // HOP
-        skip = min(int(SETTLE_S * self.sample_rate) // HOP, max(0, frames - 4))
-        floors = self._floors[skip:frames]
-        return float(np.median(floors)) if floors else -120.0
-
     def current_claps(self) -> list[ClapCandidate]:
         """The claps heard so far in the clapping phase (as `clap_report` would pick them)."""
         if self._seen <= self.noise_samples:
             return []
-        background = [
-            c.level_db for c in self._candidates if c.sample < self.noise_samples and c.is_clap
-        ]
+        background = [c.level_db for c in self._background_candidates() if c.is_clap]
         bar = max(
             self._floor_db() + MIN_CLAP_RISE_DB,
             max(background, default=-120.0) + OVER_BACKGROUND_DB,
@@ -264,40 +277,30 @@ class Measurer:
         loudest = max(c.level_db for c in shaped)
         return [c for c in shaped if c.level_db >= loudest - CLAP_WINDOW_DB]
 
-    def _would_count(self, c: ClapCandidate) -> bool:
-        s = self.settings
-        return (
-            c.is_clap
-            and c.level_db >= c.floor_db + s.onset_threshold_db
-            and c.level_db >= s.min_level_db
-        )
-
     def noise_report(self) -> NoiseReport:
         n = min(self._seen, self.noise_samples)
         sr = self.sample_rate
-        x = self._noise[:n].astype(np.float64)
-        fir = highpass_fir(sr, self.settings.highpass_hz)
-        # Same filter and alignment as the detector (zeros before the stream start).
-        hp = np.convolve(x, fir, mode="full")[self.detector.delay : self.detector.delay + n]
-        frames = n // HOP
-        levels = np.array(
-            [_db(float(np.mean(hp[k * HOP : (k + 1) * HOP] ** 2))) for k in range(frames)]
-        )
-        skip = min(int(SETTLE_S * sr) // HOP, max(0, frames - 4))
-        floors = np.asarray(self._floors[:frames], dtype=np.float64)
-        # Frame k is compared with the floor left by frame k - 1.
-        before = floors[skip - 1 : frames - 1] if skip >= 1 else floors[: frames - 1]
-        above = levels[skip : skip + before.size] - before
-        noise_cands = [c for c in self._candidates if c.sample < self.noise_samples]
+        levels = self._frame_levels()
+        floor = self._floor_db()
+        s = self.settings
+        background = self._background_candidates()
+        x = self._noise[min(self._settle, n // 2) : n].astype(np.float64)
         return NoiseReport(
             duration_s=n / sr,
-            floor_db=self._floor_db(),
-            level_db=_db(float(np.mean(hp[skip * HOP :] ** 2))),
-            raw_level_db=_db(float(np.mean(x[skip * HOP :] ** 2))),
-            upper_db=float(np.percentile(above, NOISE_PERCENTILE)) if above.size else 0.0,
-            peak_dbfs=_db(float(np.max(np.abs(x))) ** 2) if n else -120.0,
-            transients=len(noise_cands),
-            clap_like=sum(1 for c in noise_cands if self._would_count(c)),
+            floor_db=floor,
+            level_db=_db(float(np.mean(10.0 ** (levels / 10.0)))) if levels.size else -120.0,
+            raw_level_db=_db(float(np.mean(x**2))) if x.size else -120.0,
+            upper_db=float(np.percentile(levels, NOISE_PERCENTILE)) - floor if levels.size else 0.0,
+            peak_dbfs=_db(float(np.max(np.abs(self._noise[:n]))) ** 2) if n else -120.0,
+            transients=len(background),
+            # Those the configured detector would have counted as claps.
+            clap_like=sum(
+                1
+                for c in background
+                if c.is_clap
+                and c.level_db >= floor + s.onset_threshold_db
+                and c.level_db >= s.min_level_db
+            ),
         )
 
     def clap_report(self, asked: int) -> ClapReport:

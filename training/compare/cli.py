@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 __all__ = ["register"]
@@ -26,6 +27,25 @@ def _folds(values: list[str] | None) -> tuple[str, ...]:
     for v in values or []:
         out.extend(p.strip() for p in str(v).split(",") if p.strip())
     return tuple(out)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed (options at their defaults left out), however it was invoked."""
+    words = ["claudio-train", ctx.info_name or "compare"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value in ((), []):
+            continue
+        if isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            words.append(flag)
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            words += [flag, str(v)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _fail(message: str) -> None:
@@ -133,7 +153,7 @@ def compare_command(
             ),
         )
         cfg.fed.validate()
-        command = "claudio-train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = _command_line(click.get_current_context())
         rows = compare(cache, out, cfg, command=command, progress=progress)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         log.debug("compare failed", exc_info=True)

@@ -644,8 +644,6 @@ def run_federated(
         },
     }
     import ray
-    from flwr.simulation import run_simulation
-
     started_ray = not ray.is_initialized()
     # Flower logs every round at INFO (and warns that run_simulation is deprecated in favour
     # of `flwr run`); this module logs its own per-round line, and a failing client raises.
@@ -654,6 +652,8 @@ def run_federated(
     if not log.isEnabledFor(logging.DEBUG):
         for name, lvl in quiet.items():
             logging.getLogger(name).setLevel(lvl)
+    from flwr.simulation import run_simulation
+
     t0 = time.perf_counter()
     try:
         run_simulation(
