@@ -114,7 +114,9 @@ def test_check_command(tiny_onnx_model: Path, tmp_path: Path) -> None:
         daemon_cmd("check", str(bad_label)), cwd=ROOT, capture_output=True, text=True
     )
     assert res.returncode == 1
-    assert "label.yaml:24: triggers[2].sound" in res.stderr and "glass_breaking" in res.stderr
+    line = bad_label.read_text().splitlines().index("  - sound: glass_braking") + 1
+    assert f"label.yaml:{line}: triggers[2].sound" in res.stderr
+    assert "did you mean 'glass_breaking'" in res.stderr
 
     typo = tmp_path / "typo.yaml"
     typo.write_text(good.read_text().replace("  port:", "  prot:"))
@@ -184,8 +186,11 @@ def test_sigterm_flushes_and_goes_offline(
             notify.close()
         assert code == 0, err
         assert time.monotonic() - started < 10
-        sub.wait_for(lambda m: (("claudio/available", b"offline", True) in m), timeout=5)
+        sub.wait_for(lambda m: (("claudio/available", b"offline", False) in m), timeout=5)
     assert "STOPPING=1" in notify.messages
+    # A subscriber arriving later sees the retained "offline".
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as late:
+        late.wait_for(lambda m: ("claudio/available", b"offline", True) in m, timeout=5)
 
 
 def test_broker_restart_mid_run_loses_no_command(
