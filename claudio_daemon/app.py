@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 #: The shipped model, next to the package in a source checkout or venv install.
 SHIPPED_MODEL = "claudio-esc50-se_resnet18.onnx"
 MODEL_DIRS = (
+    # A source checkout (pip install -e) and the install script's layout, where the
+    # virtual environment sits beside models/ (/opt/claudio/.venv, /opt/claudio/models).
     Path(__file__).resolve().parent.parent / "models",
+    Path(sys.prefix).resolve().parent / "models",
     Path("/usr/share/claudio/models"),
 )
 RULES_CANDIDATES = (Path("/etc/claudio/rules.yaml"), Path("rules.yaml"))

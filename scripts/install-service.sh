@@ -63,7 +63,10 @@ tar -C "$src" --exclude='__pycache__' --exclude='*.egg-info' -cf - \
 [ -f "$build/README.md" ] || echo "# Claudio" > "$build/README.md"
 "$prefix/.venv/bin/python" -m pip install -q --upgrade pip
 "$prefix/.venv/bin/python" -m pip install -q --upgrade "$build"
-[ -f "$src/docs/service.md" ] && install -m 0644 "$src/docs/service.md" "$prefix/docs/service.md"
+install -m 0644 "$src/README.md" "$prefix/README.md"
+# The shipped sound model: the daemon looks for it next to its virtual environment.
+install -d -m 0755 "$prefix/models"
+for m in "$src"/models/*.onnx; do [ -f "$m" ] && install -m 0644 "$m" "$prefix/models/"; done
 say "installed $("$prefix/.venv/bin/python" -m pip show claudio | sed -n 's/^Version: /claudio /p') in $prefix/.venv"
 
 # --- configuration ---------------------------------------------------------------------

@@ -188,6 +188,14 @@ def _capture(mic: MicSource, out: list[AudioBlock]) -> threading.Thread:
     return th
 
 
+def _wait_for_audio(blocks: list[AudioBlock], timeout: float = 10.0) -> None:
+    """The stream is open once blocks flow; a loaded machine may take a while."""
+    deadline = time.monotonic() + timeout
+    while not blocks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def test_mic_source_captures_tone(pulse_server: PulseServer, tmp_path: Path) -> None:  # noqa: F811
     names = [d.name for d in list_input_devices()]
     assert pulse_server.portaudio_device in names
@@ -195,7 +203,7 @@ def test_mic_source_captures_tone(pulse_server: PulseServer, tmp_path: Path) -> 
     assert (mic.sample_rate, mic.native_rate) == (RATE, 48000)
     blocks: list[AudioBlock] = []
     th = _capture(mic, blocks)
-    time.sleep(0.3)
+    _wait_for_audio(blocks)
     pulse_server.play_array(_tone(1000, 48000, 1.0, amp=0.5), 48000, tmp_path)
     time.sleep(0.3)
     mic.close()
@@ -232,7 +240,7 @@ def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_pat
     blocks: list[AudioBlock] = []
     th = _capture(mic, blocks)
     try:
-        time.sleep(0.6)
+        _wait_for_audio(blocks)
         before = len(blocks)
         assert before > 0, "no audio before the device vanished"
         pulse_server.remove_sink()

@@ -40,7 +40,7 @@ def _chance_map(targets: np.ndarray, draws: int = 500, quantile: float = 0.95) -
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return make_toy_esc50(tmp_path_factory.mktemp("toy"))
+    return make_toy_esc50(tmp_path_factory.mktemp("toy"), per_class_per_fold=4)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_compare_writes_the_table(compared) -> None:
         assert isinstance(row["params"], int) and row["params"] > 0
         assert row["train_time_s"] > 0 and row["infer_ms_per_clip"] > 0
     meta = doc["meta"]
-    assert (meta["n_train"], meta["n_val"], meta["n_test"]) == (30, 15, 15)
+    assert (meta["n_train"], meta["n_val"], meta["n_test"]) == (24, 12, 12)
     assert meta["scored_folds"] == ["4"] and meta["train_folds"] == ["1", "2"]
     assert [nr["approach"] for nr in doc["not_reproduced"]] == ["clap"]
     xgb_top = doc["rows"][1]

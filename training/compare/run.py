@@ -115,14 +115,14 @@ def merge_manifests(manifests: Sequence[Manifest]) -> Manifest:
         raise ValueError("no dataset given")
     if len(manifests) == 1:
         return manifests[0]
-    seen: dict[str, str] = {}
-    for m in manifests:
+    seen: dict[str, int] = {}
+    for i, m in enumerate(manifests):
         for fold in m.folds:
-            if fold in seen and seen[fold] != m.name + str(id(m)):
+            if seen.setdefault(fold, i) != i:
                 raise ValueError(
-                    f"fold {fold!r} appears in more than one dataset folder; folds must not clash"
+                    f"fold {fold!r} is in dataset folders {seen[fold] + 1} and {i + 1}; "
+                    "folds must not clash"
                 )
-            seen[fold] = m.name + str(id(m))
     labels = tuple(dict.fromkeys(lab for m in manifests for lab in m.labels))
     names = tuple(dict.fromkeys(m.name for m in manifests))
     return Manifest(

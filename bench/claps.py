@@ -1,0 +1,451 @@
+"""The clap benchmark: exact pattern detection, false triggers and latency, Claudio vs baseline.
+
+    .venv/bin/python bench/claps.py --data ../shared/data/esc50-16k-folds123 \\
+        --data ../shared/data/esc50-fold4-dev --seed 0 --per-cell 12 --snrs 20,10,5,0 \\
+        (--model FILE | --no-classifier) [--folds 1,2] --out bench/results/claps
+
+Scenes come from `bench.scenes` (any folder in ESC-50 layout, fixed by the seed): patterns
+of 1-4 real claps with gaps of 0.2-0.7 s over real backgrounds at each SNR, and scenes
+with no command (knocks in twos and threes, footsteps, dog, glass, coughing, laughing,
+mouse clicks, can opening, applause). Every scene is replayed block by block through the
+daemon's own `Pipeline` (rules with clap triggers for 1..4 claps, so the grouper decides
+"at once" at four) and, on the same audio, through the amplitude-threshold baseline
+(`bench.baseline`).
+
+Scoring, the same for both systems:
+
+* clap scenes: the patterns reported whose first clap is at or after the scene's first
+  true clap (minus 50 ms) are the answer. Exactly one pattern with the true count is a
+  true positive for that count; otherwise a false negative for the true count, and every
+  reported pattern is a false positive for its own count. Precision, recall and F1 per
+  (count, SNR); patterns before the first clap are counted separately (`early`).
+* scenes with no command: every pattern of 2..4 claps (what a rule would act on) is a
+  false trigger; reported per hour of such audio.
+* decision latency: decided sample minus the last true clap, for true positives.
+
+Writes `results.json`, `table.md` and `f1_vs_snr.png` to --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import scenes as sc  # noqa: E402
+from bench.baseline import ThresholdClapCounter, threshold_from_claps  # noqa: E402
+from claudio_daemon.events import ClapPattern  # noqa: E402
+
+log = logging.getLogger("bench.claps")
+
+SR = sc.SAMPLE_RATE
+BLOCK = 1024
+MAX_COUNT = 4
+#: A pattern whose first clap is this much before the first true clap still answers it.
+EARLY_SLACK = int(0.05 * SR)
+RULES = """\
+model: {{path: {model}, threads: 1, classify_every_s: 10.0}}
+appliances:
+  a1: {{preset: tasmota, topic: a1}}
+  a2: {{preset: tasmota, topic: a2}}
+  a3: {{preset: tasmota, topic: a3}}
+  a4: {{preset: tasmota, topic: a4}}
+triggers:
+  - {{claps: 1, actions: [a1: toggle]}}
+  - {{claps: 2, actions: [a2: toggle]}}
+  - {{claps: 3, actions: [a3: toggle]}}
+  - {{claps: 4, actions: [a4: toggle]}}
+"""
+SYSTEMS = ("claudio", "baseline")
+
+
+# --------------------------------------------------------------------------- systems
+
+
+Runner = Callable[[np.ndarray], list[ClapPattern]]
+
+
+def claudio_runner(model: Path | None) -> Runner:
+    """A fresh daemon `Pipeline` per scene, fed in sound-card-sized blocks.
+
+    Sound-event classification (not measured here) runs only every 10 s to save time; the
+    clap patterns' classifier check runs as live.
+    """
+    from claudio_daemon.model.classifier import OnnxClassifier
+    from claudio_daemon.pipeline import Pipeline
+    from claudio_daemon.rules.loader import parse_rules
+
+    rules = parse_rules(RULES.format(model=model if model else "null"), "bench-rules.yaml")
+    assert rules.max_clap_count() == MAX_COUNT
+    classifier = OnnxClassifier(model, device="cpu", threads=1) if model else None
+
+    def run(audio: np.ndarray) -> list[ClapPattern]:
+        pipe = Pipeline(rules, classifier)
+        out: list[ClapPattern] = []
+        for i in range(0, audio.size, BLOCK):
+            out += [e for e in pipe.process(audio[i : i + BLOCK]) if isinstance(e, ClapPattern)]
+        return out
+
+    return run
+
+
+def baseline_runner(threshold: float) -> Runner:
+    def run(audio: np.ndarray) -> list[ClapPattern]:
+        counter = ThresholdClapCounter(threshold, SR)
+        out: list[ClapPattern] = []
+        for i in range(0, audio.size, BLOCK):
+            out += counter.push(audio[i : i + BLOCK])
+        out += counter.push(np.zeros(2 * SR, np.float32))  # let a last count finish
+        return out
+
+    return run
+
+
+def baseline_threshold(claps: Sequence[np.ndarray]) -> float:
+    gains = [10 ** ((sc.EVENT_LEVEL_DB - sc.peak_window_db(c)) / 20) for c in claps]
+    return threshold_from_claps(list(claps), gains)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class SceneResult:
+    kind: str
+    background: str
+    snr_db: float
+    count: int
+    seconds: float
+    #: Pattern counts reported (from the first clap on, for clap scenes).
+    answer: list[int]
+    early: int
+    latency_s: float | None
+
+
+def score_scene(scene: sc.Scene, patterns: list[ClapPattern]) -> SceneResult:
+    if scene.count > 0:
+        first = scene.clap_samples[0] - EARLY_SLACK
+        answer = [p for p in patterns if p.clap_samples[0] >= first]
+        early = len(patterns) - len(answer)
+    else:
+        answer, early = patterns, 0
+    latency = None
+    if scene.count > 0 and len(answer) == 1 and answer[0].count == scene.count:
+        latency = (answer[0].decided_sample - scene.clap_samples[-1]) / SR
+    return SceneResult(
+        kind=scene.kind,
+        background=scene.background,
+        snr_db=scene.snr_db,
+        count=scene.count,
+        seconds=scene.audio.size / SR,
+        answer=[p.count for p in answer],
+        early=early,
+        latency_s=latency,
+    )
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
+
+
+def summarise(results: list[SceneResult]) -> dict:
+    """Per (count, SNR) P/R/F1, false triggers per hour, latency percentiles."""
+    tp: dict = defaultdict(int)
+    fp: dict = defaultdict(int)
+    fn: dict = defaultdict(int)
+    n_scenes: dict = defaultdict(int)
+    by_bg: dict = defaultdict(lambda: [0, 0])
+    latencies = []
+    early = 0
+    for r in results:
+        if r.count == 0:
+            continue
+        key = (r.count, r.snr_db)
+        n_scenes[key] += 1
+        early += r.early
+        hit = r.answer == [r.count]
+        by_bg[(r.background, r.snr_db)][0] += hit
+        by_bg[(r.background, r.snr_db)][1] += 1
+        if hit:
+            tp[key] += 1
+            latencies.append(r.latency_s)
+        else:
+            fn[key] += 1
+            for c in r.answer:
+                fp[(c, r.snr_db)] += 1
+    cells = {}
+    for key in sorted(n_scenes):
+        cells[f"{key[0]}@{key[1]:g}"] = {
+            "count": key[0],
+            "snr_db": key[1],
+            "scenes": n_scenes[key],
+            **_prf(tp[key], fp[key], fn[key]),
+        }
+    per_snr = {}
+    for snr in sorted({k[1] for k in n_scenes}, reverse=True):
+        keys = [k for k in n_scenes if k[1] == snr]
+        t = sum(tp[k] for k in keys)
+        f = sum(fp[k] for k in keys)
+        per_snr[f"{snr:g}"] = _prf(t, f, sum(fn[k] for k in keys)) | {"snr_db": snr}
+    neg = [r for r in results if r.count == 0]
+    hours = sum(r.seconds for r in neg) / 3600
+    triggers = defaultdict(int)
+    seconds = defaultdict(float)
+    for r in neg:
+        triggers[r.kind] += sum(1 for c in r.answer if 2 <= c <= MAX_COUNT)
+        seconds[r.kind] += r.seconds
+    total = sum(triggers.values())
+    lat = np.array(latencies, dtype=float)
+    return {
+        "cells": cells,
+        "per_snr": per_snr,
+        "by_background": {
+            f"{bg}@{snr:g}": {"exact": h, "scenes": n} for (bg, snr), (h, n) in sorted(by_bg.items())
+        },
+        "early_patterns": early,
+        "false_triggers": {
+            "total": total,
+            "hours": hours,
+            "per_hour": total / hours if hours else 0.0,
+            "by_kind": {
+                k: {"triggers": triggers[k], "per_hour": triggers[k] / (seconds[k] / 3600)}
+                for k in sorted(triggers)
+            },
+        },
+        "latency_s": {
+            "p50": float(np.percentile(lat, 50)) if lat.size else None,
+            "p95": float(np.percentile(lat, 95)) if lat.size else None,
+            "n": int(lat.size),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, dict], header: str = "") -> str:
+    """Both systems side by side: per (count, SNR), then false triggers and latency."""
+    c, b = summary["claudio"], summary["baseline"]
+    lines = [header] if header else []
+    lines += [
+        "| claps | SNR dB | scenes | Claudio P | Claudio R | Claudio F1 "
+        "| baseline P | baseline R | baseline F1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    order = sorted(c["cells"].values(), key=lambda v: (-v["snr_db"], v["count"]))
+    for cell in order:
+        key = f"{cell['count']}@{cell['snr_db']:g}"
+        bc = b["cells"][key]
+        lines.append(
+            f"| {cell['count']} | {cell['snr_db']:g} | {cell['scenes']} | "
+            f"{_f(cell['precision'])} | {_f(cell['recall'])} | **{_f(cell['f1'])}** | "
+            f"{_f(bc['precision'])} | {_f(bc['recall'])} | {_f(bc['f1'])} |"
+        )
+    for snr, v in c["per_snr"].items():
+        lines.append(
+            f"| all | {snr} | | {_f(v['precision'])} | {_f(v['recall'])} | **{_f(v['f1'])}** | "
+            f"{_f(b['per_snr'][snr]['precision'])} | {_f(b['per_snr'][snr]['recall'])} | "
+            f"{_f(b['per_snr'][snr]['f1'])} |"
+        )
+    cf, bf = c["false_triggers"], b["false_triggers"]
+    lines += [
+        "",
+        f"False triggers (patterns of 2-{MAX_COUNT} claps in {cf['hours'] * 60:.1f} min of "
+        "audio with no command):",
+        "",
+        "| scene kind | Claudio triggers | Claudio per hour | baseline triggers | baseline per hour |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, v in cf["by_kind"].items():
+        bv = bf["by_kind"][kind]
+        lines.append(
+            f"| {kind} | {v['triggers']} | {v['per_hour']:.1f} | {bv['triggers']} | "
+            f"{bv['per_hour']:.1f} |"
+        )
+    lines.append(
+        f"| **all** | {cf['total']} | **{cf['per_hour']:.1f}** | {bf['total']} | "
+        f"{bf['per_hour']:.1f} |"
+    )
+    cl, bl = c["latency_s"], b["latency_s"]
+    lines += [
+        "",
+        f"Decision latency after the last clap (exact detections): Claudio p50 {_f(cl['p50'])} s, "
+        f"p95 {_f(cl['p95'])} s; baseline p50 {_f(bl['p50'])} s, p95 {_f(bl['p95'])} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    colours = {1: "tab:gray", 2: "tab:blue", 3: "tab:orange", 4: "tab:green"}
+    for system, style in (("claudio", "-"), ("baseline", "--")):
+        cells = summary[system]["cells"].values()
+        for n in sorted({v["count"] for v in cells}):
+            pts = sorted((v["snr_db"], v["f1"]) for v in cells if v["count"] == n)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                style,
+                marker="o" if system == "claudio" else "x",
+                color=colours.get(n, "black"),
+                label=f"{system} {n} clap{'s' if n > 1 else ''}",
+            )
+    ax.axhline(0.95, color="red", lw=0.8, ls=":", label="goal (2-3 claps, >= 10 dB)")
+    ax.set_xlabel("SNR (dB)")
+    ax.set_ylabel("F1, exact pattern")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_benchmark(
+    data: Sequence[Path],
+    *,
+    seed: int,
+    per_cell: int,
+    snrs: Sequence[float],
+    model: Path | None,
+    folds: Sequence[int] | None = None,
+    distractors: Sequence[str] = sc.DISTRACTOR_CLIPS,
+    progress: bool = True,
+) -> dict:
+    """Build the scenes, replay them through both systems and score them."""
+    t0 = time.perf_counter()
+    scenes = sc.build_scene_set(
+        list(data), seed, per_cell, snrs=snrs, folds=folds, distractors=distractors
+    )
+    claps = sc.cut_single_claps(list(data), folds=folds)
+    threshold = baseline_threshold(claps)
+    t_build = time.perf_counter() - t0
+    runners = {"claudio": claudio_runner(model), "baseline": baseline_runner(threshold)}
+    results: dict[str, list[SceneResult]] = {s: [] for s in SYSTEMS}
+    timing = dict.fromkeys(SYSTEMS, 0.0)
+    audio_s = sum(s.audio.size for s in scenes) / SR
+    items = scenes
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(scenes, desc="scenes", unit="scene", file=sys.stderr)
+    for scene in items:
+        for system, runner in runners.items():
+            t = time.perf_counter()
+            patterns = runner(scene.audio)
+            timing[system] += time.perf_counter() - t
+            results[system].append(score_scene(scene, patterns))
+    summary = {s: summarise(results[s]) for s in SYSTEMS}
+    return {
+        "config": {
+            "data": [str(d) for d in data],
+            "seed": seed,
+            "per_cell": per_cell,
+            "snrs": list(snrs),
+            "folds": None if folds is None else list(folds),
+            "model": str(model) if model else None,
+            "max_count": MAX_COUNT,
+            "single_claps": len(claps),
+            "baseline_threshold": threshold,
+            "scenes": len(scenes),
+            "audio_s": audio_s,
+            "build_s": t_build,
+            "replay_s": timing,
+        },
+        "summary": summary,
+        "scenes": {
+            s: [r.__dict__ for r in results[s]] for s in SYSTEMS
+        },
+    }
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, action="append", required=True,
+                    help="folder in ESC-50 layout (meta/esc50.csv, audio/); repeatable")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-cell", type=int, default=12, help="scenes per (kind, SNR) cell")
+    ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
+    ap.add_argument("--folds", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                    help="only these ESC-50 folds (e.g. 1,2 to tune, 3,4 to check)")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", type=Path, help="ONNX model (its classifier confirms patterns)")
+    g.add_argument("--no-classifier", action="store_true", help="detector and grouper only")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "claps")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for d in args.data:
+        if not (d / "meta" / "esc50.csv").is_file():
+            ap.error(f"--data {d}: not an ESC-50 layout folder (meta/esc50.csv missing)")
+    if args.model is not None and not args.model.is_file():
+        ap.error(f"--model {args.model}: file not found")
+
+    res = run_benchmark(
+        args.data,
+        seed=args.seed,
+        per_cell=args.per_cell,
+        snrs=args.snrs,
+        model=args.model,
+        folds=args.folds,
+        progress=not args.quiet,
+    )
+    cfg = res["config"]
+    title = (
+        f"seed {cfg['seed']}, {cfg['per_cell']}/cell, folds {cfg['folds'] or 'all'}, "
+        f"{'model ' + Path(cfg['model']).name if cfg['model'] else 'no classifier'}"
+    )
+    header = (
+        f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "
+        f"audio, {cfg['single_claps']} single claps; baseline threshold "
+        f"{cfg['baseline_threshold']:.3f}. Replay CPU: Claudio "
+        f"{cfg['replay_s']['claudio']:.1f} s, baseline {cfg['replay_s']['baseline']:.1f} s.\n"
+    )
+    table = markdown_table(res["summary"], header)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(res, indent=1))
+    (args.out / "table.md").write_text(table)
+    plot(res["summary"], args.out / "f1_vs_snr.png", "Exact clap-pattern F1: " + title)
+    print(table)
+    print(f"wrote {args.out}/results.json, table.md, f1_vs_snr.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
