@@ -34,6 +34,7 @@ for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `bench` and `tests` import from the root
 SHARED = ROOT.parent / "shared" / "data"
 SR = 22050
 RULES = """\
@@ -57,21 +58,18 @@ def _model(arg: str | None, work: Path) -> Path:
     shipped = shipped_model()
     if shipped is not None:
         return shipped
-    import torch
-
     from claudio_daemon.features.frontend import FrontEndConfig
     from claudio_daemon.model.metadata import ModelMetadata
-    from training.export import write_onnx  # type: ignore[attr-defined]
+    from training.export import export_module
     from training.models import create_model
 
-    model = create_model("se_resnet18", 50).eval()
     out = work / "se_resnet18-untrained.onnx"
     meta = ModelMetadata(
         labels=tuple(f"label{i}" for i in range(50)),
         frontend=FrontEndConfig(),
         model_name="se_resnet18",
     )
-    write_onnx(model, out, meta, torch.zeros(1, 1, 128, 256))
+    export_module(create_model("se_resnet18", 50), out, meta)
     return out
 
 

@@ -320,6 +320,8 @@ def make_applause_scene(
     *,
     duration_s: float = 4.0,
     gap_range: tuple[float, float] = (0.15, 0.4),
+    lead_s: float = 1.0,
+    jitter_db: float = 0.0,
 ) -> Scene:
     """Continuous clapping made of cut claps at a lively, slightly irregular rhythm."""
     gaps = []
@@ -328,7 +330,9 @@ def make_applause_scene(
         g = float(rng.uniform(*gap_range))
         gaps.append(g)
         t += g
-    scene = make_pattern_scene(claps, len(gaps) + 1, gaps, background, snr_db, rng)
+    scene = make_pattern_scene(
+        claps, len(gaps) + 1, gaps, background, snr_db, rng, lead_s=lead_s, jitter_db=jitter_db
+    )
     return Scene(
         audio=scene.audio,
         clap_samples=(),
@@ -374,11 +378,16 @@ def build_scene_set(
     gap_range: tuple[float, float] = (0.2, 0.7),
     distractors: Sequence[str] = DISTRACTOR_CLIPS,
     folds: Iterable[int] | None = None,
+    lead_s: float = 3.0,
+    jitter_db: float = 2.0,
 ) -> list[Scene]:
     """Clap patterns per (count, SNR), knock patterns, distractors and applause.
 
     Per SNR: `n_per_cell` scenes for each clap count, for knocks in twos/threes, for each
     distractor class and for applause (half real recordings, half built from cut claps).
+    Every scene starts with `lead_s` of background alone (a daemon that has been
+    listening to the room for a while, not one switched on a second before the clap);
+    claps vary by up to `jitter_db` around their level.
     """
     rng = np.random.default_rng(seed)
     folds = None if folds is None else tuple(folds)
@@ -400,23 +409,32 @@ def build_scene_set(
         for n in counts:
             for _ in range(n_per_cell):
                 gaps = rng.uniform(*gap_range, size=n - 1)
-                scenes.append(make_pattern_scene(claps, n, list(gaps), bg(), snr, rng))
+                scenes.append(
+                    make_pattern_scene(
+                        claps, n, list(gaps), bg(), snr, rng, lead_s=lead_s, jitter_db=jitter_db
+                    )
+                )
         if knocks:
             for i in range(n_per_cell):
                 n = 2 + i % 2
                 gaps = rng.uniform(*gap_range, size=n - 1)
                 scenes.append(
-                    make_pattern_scene(knocks, n, list(gaps), bg(), snr, rng, kind="knock_pattern")
+                    make_pattern_scene(
+                        knocks, n, list(gaps), bg(), snr, rng, lead_s=lead_s,
+                        jitter_db=jitter_db, kind="knock_pattern",
+                    )
                 )
         for cat, clips in distractor_clips.items():
             for _ in range(n_per_cell if clips else 0):
                 clip = clips[int(rng.integers(len(clips)))]
-                scenes.append(make_clip_scene(clip, cat, bg(), snr, rng))
+                scenes.append(make_clip_scene(clip, cat, bg(), snr, rng, lead_s=lead_s))
         for i in range(n_per_cell):
             if i % 2 == 0 and real_applause:
                 clip = real_applause[int(rng.integers(len(real_applause)))]
-                scene = make_clip_scene(clip, "applause", bg(), snr, rng)
+                scene = make_clip_scene(clip, "applause", bg(), snr, rng, lead_s=lead_s)
             else:
-                scene = make_applause_scene(claps, bg(), snr, rng)
+                scene = make_applause_scene(
+                    claps, bg(), snr, rng, lead_s=lead_s, jitter_db=jitter_db
+                )
             scenes.append(scene)
     return scenes

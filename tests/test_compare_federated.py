@@ -223,3 +223,28 @@ def test_home_client_without_data_says_how_to_start_it(task_identity) -> None:
     model = create_model("simple_cnn", 3)
     with pytest.raises(FederatedError, match="cache-dir"):
         client_app(_train_message(to_wire(model), ["a", "b", "c"], "pooled", 1), _context(None))
+
+
+def test_server_settings_come_from_the_run_config(home_cache) -> None:
+    from training.compare.federated import _settings_from_run_config
+
+    ctx = Context(
+        run_id=1,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={
+            "cache-dir": str(home_cache.cache_dir),
+            "num-server-rounds": 3,
+            "clients": 5,
+            "clients-per-round": 2,
+            "bn": "fedbn",
+            "val-folds": "1",
+        },
+    )
+    s = _settings_from_run_config(ctx)
+    assert (s.cfg.rounds, s.cfg.clients, s.cfg.clients_per_round, s.cfg.bn) == (3, 5, 2, "fedbn")
+    assert s.val_idx == home_cache.indices_for_folds(["1"]).tolist()
+    ctx.run_config.pop("cache-dir")
+    with pytest.raises(FederatedError, match="cache-dir"):
+        _settings_from_run_config(ctx)

@@ -135,6 +135,18 @@ def parity_inputs_from(data: str | Path, n: int = 8) -> np.ndarray:
     return ((np.asarray(cache.mels[np.unique(rows)], np.float32) - fe.mean) / fe.std)[:, None]
 
 
+def export_module(model: torch.nn.Module, out_path: str | Path, meta: ModelMetadata,
+                  opset: int = 17) -> str:
+    """Export an untrained or in-memory model with Claudio metadata, without a parity check
+    (benchmarks of an architecture's cost, where the weights do not matter)."""
+    shape = (1, meta.frontend.n_mels, meta.frontend.n_frames)
+    out = Path(out_path)
+    with torch.no_grad():
+        exporter = _torch_export(model.cpu().eval(), torch.zeros((2, *shape)), out, opset)
+    _write_metadata(out, meta, MIN_OPSET)
+    return exporter
+
+
 def export_onnx(
     checkpoint: str | Path,
     out_path: str | Path,

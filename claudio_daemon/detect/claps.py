@@ -22,6 +22,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,31 +106,55 @@ def shape_score(
 
 
 class _History:
-    """Recent samples addressed by absolute stream index (a trimmed growing array)."""
+    """Recent samples addressed by absolute stream index.
+
+    A preallocated buffer that is compacted only when full (one copy per `keep` samples
+    appended), so appending a small piece costs O(piece), not O(history): this runs for
+    every 128-sample hop on a Raspberry Pi.
+    """
 
     def __init__(self, keep: int) -> None:
         self.keep = keep
-        self.data = np.zeros(0, dtype=np.float64)
+        self._buf = np.zeros(2 * keep + 1024, dtype=np.float64)
+        self._n = 0
         self.start = 0
 
     @property
+    def data(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    @property
     def end(self) -> int:
-        return self.start + len(self.data)
+        return self.start + self._n
 
     def append(self, x: np.ndarray) -> None:
-        self.data = np.concatenate([self.data, x])
-        excess = len(self.data) - 2 * self.keep
-        if excess > 0:
-            drop = len(self.data) - self.keep
-            self.data = self.data[drop:]
+        n = len(x)
+        if self._n + n > len(self._buf):
+            kept = min(self._n, self.keep)
+            drop = self._n - kept
+            self._buf[:kept] = self._buf[drop : self._n]
+            self._n = kept
             self.start += drop
+            if self._n + n > len(self._buf):
+                grown = np.zeros(self._n + n + self.keep, dtype=np.float64)
+                grown[: self._n] = self._buf[: self._n]
+                self._buf = grown
+        self._buf[self._n : self._n + n] = x
+        self._n += n
+
+    def resized(self, keep: int) -> _History:
+        """The same recent audio with a new minimum length (rules changed the max count)."""
+        other = _History(keep)
+        other.start = self.start
+        other.append(self.data)
+        return other
 
     def get(self, a: int, b: int) -> np.ndarray:
         """Samples [a, b); positions before the stream start (or trimmed) read as zeros."""
         out = np.zeros(max(0, b - a))
         lo, hi = max(a, self.start), min(b, self.end)
         if hi > lo:
-            out[lo - a : hi - a] = self.data[lo - self.start : hi - self.start]
+            out[lo - a : hi - a] = self._buf[lo - self.start : hi - self.start]
         return out
 
 
@@ -347,13 +372,19 @@ class BusyBackgroundGate:
     def reset(self) -> None:
         self._recent = []
 
-    def admit(self, cand: ClapCandidate) -> bool:
-        """Record `cand` and say whether it may count as a clap (pass candidates in order)."""
+    def admit(self, cand: ClapCandidate, exclude: Collection[int] = ()) -> bool:
+        """Record `cand` and say whether it may count as a clap (pass candidates in order).
+
+        `exclude`: onsets of the claps of the pattern being collected. They are part of the
+        command, not of the background it must stand out from (otherwise the third clap of
+        a pattern would be judged against the first two).
+        """
         s = self.settings
         self._recent = [(t, v) for t, v in self._recent if cand.sample - t <= self.window]
+        background = [v for t, v in self._recent if t not in exclude]
         ok = True
-        if len(self._recent) >= s.busy_min_transients:
-            typical = float(np.median([v for _, v in self._recent]))
+        if len(background) >= s.busy_min_transients:
+            typical = float(np.median(background))
             ok = cand.level_db >= typical + s.busy_margin_db
         self._recent.append((cand.sample, cand.level_db))
         return ok

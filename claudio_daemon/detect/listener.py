@@ -86,10 +86,7 @@ class ClapListener:
             return []
         x = np.asarray(samples, dtype=np.float64).reshape(-1)
         if self.ring.keep != self._keep:
-            old = self.ring
-            self.ring = _History(self._keep)
-            self.ring.start = old.start
-            self.ring.data = old.data
+            self.ring = self.ring.resized(self._keep)
         out: list[ClapPattern] = []
         i = 0
         while i < x.size:
@@ -104,7 +101,8 @@ class ClapListener:
                 self.candidates.append(cand)
                 if len(self.candidates) > 256:
                     del self.candidates[:128]
-                admitted = self.gate.admit(cand)
+                group = {c.sample for c in self.grouper.pending}
+                admitted = self.gate.admit(cand, exclude=group)
                 if cand.is_clap:
                     push = self.grouper.push_clap if admitted else self.grouper.push_doubtful
                     out.extend(self._decide(push(cand.to_clap())))

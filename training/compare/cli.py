@@ -30,11 +30,14 @@ def _folds(values: list[str] | None) -> tuple[str, ...]:
 
 
 def _command_line(ctx: click.Context) -> str:
-    """The command as typed (options at their defaults left out), however it was invoked."""
+    """The command, however it was invoked (a test, python -m): every option that differs
+    from its default, plus --cache and --out, which are relative paths worth spelling out."""
     words = ["claudio-train", ctx.info_name or "compare"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None or value == param.default or value in ((), []):
+        if value is None or value in ((), []):
+            continue
+        if value == param.default and param.name not in ("cache", "out"):
             continue
         if isinstance(param, click.Argument):
             words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]

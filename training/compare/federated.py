@@ -344,7 +344,9 @@ def _local_train(msg: Message, context: Context, sim: _SimulationData | None) ->
         torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     server_round = int(cfg["server-round"])
-    seed = int(cfg["seed"]) * 1_000_003 + server_round * 1_009 + int(context.node_id % 1_000_003)
+    # Simulated node ids are random per run; the partition id makes reruns repeat exactly.
+    who = int(context.node_config.get("partition-id", context.node_id)) % 1_000_003
+    seed = int(cfg["seed"]) * 1_000_003 + server_round * 1_009 + who
     torch.manual_seed(seed)
 
     model = create_model(str(cfg["model"]), len(labels), **json.loads(str(cfg["model-kwargs"])))
@@ -606,6 +608,14 @@ def run_federated(
 ) -> FedResult:
     """Simulate `cfg.clients` homes on the training rows with Flower's simulation runtime."""
     cfg.validate()
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        # Flower would exit the whole process here; say what to install instead.
+        raise FederatedError(
+            "the federated simulation needs Ray: pip install 'flwr[simulation]' "
+            "(part of the [train] extra)"
+        )
     cache = Cache.open(cache_dir)
     parts = partition_indices(
         np.asarray(train_idx), cache.targets, cfg.clients, cfg.partition, cfg.alpha, cfg.seed
@@ -644,6 +654,7 @@ def run_federated(
         },
     }
     import ray
+
     started_ray = not ray.is_initialized()
     # Flower logs every round at INFO (and warns that run_simulation is deprecated in favour
     # of `flwr run`); this module logs its own per-round line, and a failing client raises.

@@ -1,0 +1,96 @@
+"""The clap benchmark and its amplitude-threshold baseline (a small, fast run on real clips)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.baseline import ThresholdClapCounter, threshold_from_claps
+from bench.claps import main, score_scene, summarise
+from bench.scenes import Scene
+from claudio_daemon.events import ClapPattern
+
+SR = 22050
+
+
+def bursts(onsets_s: list[float], seconds: float, level: float = 0.5) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    x = 0.01 * rng.standard_normal(int(seconds * SR))
+    n = int(0.05 * SR)
+    env = np.exp(-np.arange(n) / (0.01 * SR))
+    for t in onsets_s:
+        i = int(t * SR)
+        x[i : i + n] += level * env * rng.standard_normal(n)
+    return x.astype(np.float32)
+
+
+def feed(counter: ThresholdClapCounter, x: np.ndarray, sizes) -> list[ClapPattern]:
+    out, i = [], 0
+    for n in sizes:
+        out += counter.push(x[i : i + n])
+        i += n
+        if i >= x.size:
+            break
+    return out
+
+
+def test_baseline_counts_claps_above_its_threshold() -> None:
+    x = bursts([1.0, 1.4, 1.8, 4.0, 4.3], 6.0)
+    out = ThresholdClapCounter(0.3, SR).push(x)
+    assert [p.count for p in out] == [3, 2]
+    assert abs(out[0].clap_samples[0] - SR) < 300
+    # Decided once `end_silence_s` passed without a clap.
+    assert out[0].decided_sample - out[0].clap_samples[-1] == pytest.approx(0.9 * SR, abs=256)
+    # Quieter than the threshold: nothing; the debounce swallows a clap's own ring.
+    assert ThresholdClapCounter(0.9, SR).push(x) == []
+    assert [p.count for p in ThresholdClapCounter(0.3, SR).push(bursts([1.0, 1.1], 3.0))] == [1]
+
+
+def test_baseline_is_chunk_size_independent() -> None:
+    x = bursts([0.5, 0.9, 2.5, 2.8, 3.1], 5.0)
+    ref = ThresholdClapCounter(0.3, SR).push(x)
+    rng = np.random.default_rng(2)
+    for sizes in ([64] * 10000, [1000] * 100, rng.integers(1, 3000, size=1000).tolist()):
+        assert feed(ThresholdClapCounter(0.3, SR), x, sizes) == ref
+
+
+def test_threshold_from_claps_is_below_the_median_clap() -> None:
+    claps = [np.array([0.0, 0.5, -0.2]), np.array([0.1, -1.0])]
+    assert threshold_from_claps(claps, [1.0, 0.5]) == pytest.approx(0.5 * 10 ** (-6 / 20))
+
+
+def test_scoring_exact_wrong_and_false_triggers() -> None:
+    clap = Scene(np.zeros(5 * SR, np.float32), (SR, 2 * SR), 2, "claps", 10.0, "rain")
+    pat = ClapPattern(2, (SR, 2 * SR), 3 * SR, -20.0)
+    wrong = ClapPattern(3, (SR, int(1.5 * SR), 2 * SR), 3 * SR, -20.0)
+    early = ClapPattern(1, (SR // 4,), SR // 2, -20.0)
+    hit = score_scene(clap, [early, pat])
+    assert hit.answer == [2] and hit.early == 1 and hit.latency_s == pytest.approx(1.0)
+    miss = score_scene(clap, [wrong])
+    dog = Scene(np.zeros(36 * SR, np.float32), (), 0, "dog", 10.0, "rain")
+    fired = score_scene(dog, [pat, early])
+    s = summarise([hit, miss, fired])
+    assert s["cells"]["2@10"]["tp"] == 1 and s["cells"]["2@10"]["fn"] == 1
+    assert s["cells"]["3@10"]["fp"] == 1 and s["cells"]["3@10"]["precision"] == 0.0
+    # One 2-clap pattern in 36 s of "no command" audio (the 1-clap one is not a command).
+    assert s["false_triggers"]["total"] == 1
+    assert s["false_triggers"]["per_hour"] == pytest.approx(100.0)
+
+
+def test_benchmark_runs_both_systems_on_the_same_scenes(shared_data, tmp_path, tiny_onnx_model):
+    out = tmp_path / "res"
+    argv = ["--data", str(shared_data / "esc50-16k-folds123"), "--folds", "2", "--seed", "3"]
+    argv += ["--per-cell", "1", "--snrs", "20", "--model", str(tiny_onnx_model)]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    claudio, base = res["scenes"]["claudio"], res["scenes"]["baseline"]
+    assert len(claudio) == len(base) == res["config"]["scenes"] > 7
+    same = [(a["kind"], a["count"], a["seconds"]) for a in claudio]
+    assert same == [(b["kind"], b["count"], b["seconds"]) for b in base]
+    assert {a["count"] for a in claudio} == {0, 1, 2, 3, 4}
+    table = (out / "table.md").read_text()
+    assert "| claps | SNR dB | scenes | Claudio P | Claudio R | Claudio F1 " in table
+    assert "baseline F1" in table and "per hour" in table and "p95" in table
+    assert (out / "f1_vs_snr.png").read_bytes()[:4] == b"\x89PNG"
