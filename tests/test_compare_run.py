@@ -13,10 +13,8 @@ import typer
 from typer.testing import CliRunner
 
 from training.compare.cli import register
-from training.compare.run import merge_manifests
 from training.compare.table import COLUMNS
 from training.compare.toy import CLASSES, make_toy_esc50
-from training.datasets import load_dataset
 from training.metrics import mean_average_precision
 
 
@@ -147,11 +145,13 @@ def test_bad_requests_fail_with_one_clear_line(compared, tmp_path) -> None:
     assert missing.exit_code == 2 and "precache" in missing.output
 
 
-def test_dataset_folders_merge_unless_folds_clash(tmp_path) -> None:
-    a = load_dataset(make_toy_esc50(tmp_path / "a", per_class_per_fold=1, folds=2))
-    b = load_dataset(make_toy_esc50(tmp_path / "b", per_class_per_fold=1, folds=1, first_fold=3))
-    merged = merge_manifests([a, b])
-    assert len(merged) == len(a) + len(b) and merged.labels == a.labels
-    assert sorted(merged.folds) == ["1", "2", "3"]
-    with pytest.raises(ValueError, match="clash"):
-        merge_manifests([a, a])
+def test_several_dataset_folders_make_one_cache(tmp_path) -> None:
+    from training.cache import Cache
+    from training.compare.run import prepare_cache
+
+    a = make_toy_esc50(tmp_path / "a", per_class_per_fold=1, folds=2)
+    b = make_toy_esc50(tmp_path / "b", per_class_per_fold=1, folds=1, first_fold=3)
+    report = prepare_cache([a, b], tmp_path / "cache", workers=0)
+    assert report.n_items == 9 and not report.skipped
+    cache = Cache.open(tmp_path / "cache")
+    assert sorted(cache.folds) == ["1", "2", "3"] and cache.labels == CLASSES

@@ -10,48 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from claudio_daemon.audio.io import AudioFileError, read_audio
 from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.features.logmel import fit_clip
 
 __all__ = ["AudioLoadError", "fit_length", "load_audio", "load_clip", "resample"]
 
 
-class AudioLoadError(ValueError):
-    """A recording could not be turned into audio; the message names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode any file libsndfile reads (WAV, FLAC, OGG, ...) to float32 mono at its own rate.
-
-    Channels are averaged rather than picking one, because a stereo field recording may hold
-    the sound mostly on one side; the mean keeps it whichever side it is on.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioLoadError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise AudioLoadError(path, "file is empty (0 bytes)")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioLoadError(path, f"cannot decode audio ({exc})") from exc
-    if data.shape[0] == 0:
-        raise AudioLoadError(path, "recording has no samples")
-    if rate <= 0:
-        raise AudioLoadError(path, f"invalid sample rate {rate}")
-    mono = data.mean(axis=1, dtype=np.float32)
-    if not np.all(np.isfinite(mono)):
-        raise AudioLoadError(path, "recording contains NaN or infinite samples")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
+#: Decoding is shared with the daemon, so a file that trains is a file that replays.
+AudioLoadError = AudioFileError
+load_audio = read_audio
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

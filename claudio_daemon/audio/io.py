@@ -34,6 +34,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioFileError(path, f"cannot decode audio ({exc})") from exc
     if data.shape[0] == 0:
         raise AudioFileError(path, "recording has no samples")
+    if rate <= 0:
+        raise AudioFileError(path, f"invalid sample rate {rate}")
     mono = data.mean(axis=1, dtype=np.float32)
     if not np.all(np.isfinite(mono)):
         raise AudioFileError(path, "recording contains NaN or infinite samples")

@@ -153,6 +153,7 @@ def compare_command(
                 augment=not no_augment,
                 eval_every=eval_every,
                 client_cpus=client_cpus,
+                device=device,
             ),
         )
         cfg.fed.validate()

@@ -87,6 +87,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from training.augment import AugmentConfig, mixup_batch  # noqa: E402
 from training.cache import Cache  # noqa: E402
 from training.data import CachedDataset  # noqa: E402
+from training.device import pick_device  # noqa: E402
 from training.fit import CHECKPOINT_FORMAT, predict_logits, training_data_summary  # noqa: E402
 from training.losses import make_criterion  # noqa: E402
 from training.metrics import mean_average_precision, sigmoid  # noqa: E402
@@ -142,6 +143,8 @@ class FedConfig:
     #: Ray resources per simulated client; None GPUs = a share of the GPU when there is one.
     client_cpus: float = 1.0
     client_gpus: float | None = None
+    #: "auto" uses CUDA where present (server and, via Ray's GPU shares, clients); "cpu" not.
+    device: str = "auto"
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -483,7 +486,7 @@ def _serve(grid: Grid, context: Context, s: _ServerSettings, sink: dict[str, Any
     cfg.validate()
     cache = Cache.open(s.cache_dir)
     labels = list(cache.labels)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)
     random.seed(cfg.seed)  # Flower samples clients with the `random` module
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, len(labels), **cfg.model_kwargs)
@@ -641,9 +644,12 @@ def run_federated(
     )
     sink: dict[str, Any] = {}
     gpus = cfg.client_gpus
-    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    n_cuda = torch.cuda.device_count() if use_cuda else 0
     if gpus is None:
         gpus = 1.0 / min(cfg.clients_per_round, 5) if n_cuda else 0.0
+    if not n_cuda:
+        gpus = 0.0  # Ray then hides the GPUs from the clients, which train on the CPU
     backend_config = {
         "client_resources": {"num_cpus": cfg.client_cpus, "num_gpus": float(gpus)},
         "init_args": {

@@ -21,9 +21,9 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from training.augment import AugmentConfig
 from training.cache import Cache, CacheReport, precache
 from training.compare.table import Row, score, write_table
 from training.data import CachedDataset, split_indices
-from training.datasets import Manifest, load_dataset
+from training.datasets import load_datasets
 from training.device import pick_device
 from training.metrics import sigmoid
 from training.models import count_parameters
@@ -43,9 +43,12 @@ __all__ = [
     "APPROACHES",
     "CompareConfig",
     "compare",
-    "merge_manifests",
     "prepare_cache",
 ]
+
+if TYPE_CHECKING:  # imported lazily: xgboost and flwr load only when their approach runs
+    from training.compare.federated import FedConfig
+    from training.compare.xgb import XGBConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,13 @@ APPROACHES: tuple[str, ...] = (
 )
 
 
-def _default_xgb() -> Any:
+def _default_xgb() -> XGBConfig:
     from training.compare.xgb import XGBConfig
 
     return XGBConfig()
 
 
-def _default_fed() -> Any:
+def _default_fed() -> FedConfig:
     from training.compare.federated import FedConfig
 
     return FedConfig()
@@ -89,8 +92,8 @@ class CompareConfig:
     max_steps: int | None = None
     #: Repeats of the one-clip timing (median reported).
     infer_repeats: int = 20
-    xgb: Any = field(default_factory=_default_xgb)
-    fed: Any = field(default_factory=_default_fed)
+    xgb: XGBConfig = field(default_factory=_default_xgb)
+    fed: FedConfig = field(default_factory=_default_fed)
 
     def validate(self) -> None:
         unknown = [a for a in self.approaches if a not in APPROACHES]
@@ -105,34 +108,6 @@ class CompareConfig:
 # --------------------------------------------------------------------------- data
 
 
-def merge_manifests(manifests: Sequence[Manifest]) -> Manifest:
-    """Several dataset folders as one (e.g. ESC-50 folds 1-3 at 16 kHz plus fold 4 at 44.1 kHz).
-
-    The vocabulary is the union in first-seen order; folds keep their names, so folds that
-    clash between folders are refused rather than silently merged.
-    """
-    if not manifests:
-        raise ValueError("no dataset given")
-    if len(manifests) == 1:
-        return manifests[0]
-    seen: dict[str, int] = {}
-    for i, m in enumerate(manifests):
-        for fold in m.folds:
-            if seen.setdefault(fold, i) != i:
-                raise ValueError(
-                    f"fold {fold!r} is in dataset folders {seen[fold] + 1} and {i + 1}; "
-                    "folds must not clash"
-                )
-    labels = tuple(dict.fromkeys(lab for m in manifests for lab in m.labels))
-    names = tuple(dict.fromkeys(m.name for m in manifests))
-    return Manifest(
-        tuple(item for m in manifests for item in m.items),
-        labels,
-        "+".join(names),
-        any(m.multi_label for m in manifests),
-    )
-
-
 def prepare_cache(
     data: Sequence[str | Path],
     cache_dir: str | Path,
@@ -140,8 +115,8 @@ def prepare_cache(
     workers: int = 2,
     progress: bool = False,
 ) -> CacheReport:
-    """Load and merge the dataset folders, then (re)build the log-mel cache if needed."""
-    manifest = merge_manifests([load_dataset(d, layout=layout) for d in data])
+    """Load and merge the dataset folders (same vocabulary), then (re)build the cache if needed."""
+    manifest = load_datasets(list(data), layout=layout)
     return precache(manifest, cache_dir, FrontEndConfig(), workers=workers, progress=progress)
 
 
@@ -270,8 +245,7 @@ def _run_xgboost(ctx: _Context) -> list[Row]:
     features, feat_s = load_or_compute(
         ctx.cache, workers=cfg.workers, device="cpu", progress=ctx.progress
     )
-    xcfg = cfg.xgb
-    xcfg.seed = cfg.seed
+    xcfg = replace(cfg.xgb, seed=cfg.seed)
     log.info("compare: training xgboost on %d features", features.shape[1])
     report = run_xgboost(
         features, ctx.cache.targets, ctx.train, ctx.val, ctx.cache.multi_label, xcfg
@@ -329,8 +303,7 @@ def _run_xgboost(ctx: _Context) -> list[Row]:
 def _run_federated(ctx: _Context) -> Row:
     from training.compare.federated import run_federated
 
-    fcfg = ctx.cfg.fed
-    fcfg.seed = ctx.cfg.seed
+    fcfg = replace(ctx.cfg.fed, seed=ctx.cfg.seed)
     run_dir = _fresh(ctx.out / "runs" / "federated")
     log.info(
         "compare: federated %s, %d rounds, %d clients (%d per round)",
