@@ -81,7 +81,7 @@ SYSTEMS = ("claudio", "baseline")
 Runner = Callable[[np.ndarray], list[ClapPattern]]
 
 
-def claudio_runner(model: Path | None) -> Runner:
+def claudio_runner(model: Path | None, clap_settings: dict[str, str] | None = None) -> Runner:
     """A fresh daemon `Pipeline` per scene, fed in sound-card-sized blocks.
 
     Sound-event classification (not measured here) runs only every 10 s to save time; the
@@ -91,7 +91,10 @@ def claudio_runner(model: Path | None) -> Runner:
     from claudio_daemon.pipeline import Pipeline
     from claudio_daemon.rules.loader import parse_rules
 
-    rules = parse_rules(RULES.format(model=model if model else "null"), "bench-rules.yaml")
+    text = RULES.format(model=model if model else "null")
+    if clap_settings:
+        text += "claps:\n" + "".join(f"  {k}: {v}\n" for k, v in clap_settings.items())
+    rules = parse_rules(text, "bench-rules.yaml")
     assert rules.max_clap_count() == MAX_COUNT
     classifier = OnnxClassifier(model, device="cpu", threads=1) if model else None
 
@@ -343,6 +346,7 @@ def run_benchmark(
     folds: Sequence[int] | None = None,
     distractors: Sequence[str] = sc.DISTRACTOR_CLIPS,
     progress: bool = True,
+    clap_settings: dict[str, str] | None = None,
 ) -> dict:
     """Build the scenes, replay them through both systems and score them."""
     t0 = time.perf_counter()
@@ -352,7 +356,10 @@ def run_benchmark(
     claps = sc.cut_single_claps(list(data), folds=folds)
     threshold = baseline_threshold(claps)
     t_build = time.perf_counter() - t0
-    runners = {"claudio": claudio_runner(model), "baseline": baseline_runner(threshold)}
+    runners = {
+        "claudio": claudio_runner(model, clap_settings),
+        "baseline": baseline_runner(threshold),
+    }
     results: dict[str, list[SceneResult]] = {s: [] for s in SYSTEMS}
     timing = dict.fromkeys(SYSTEMS, 0.0)
     audio_s = sum(s.audio.size for s in scenes) / SR
@@ -376,6 +383,7 @@ def run_benchmark(
             "snrs": list(snrs),
             "folds": None if folds is None else list(folds),
             "model": str(model) if model else None,
+            "clap_settings": clap_settings or {},
             "max_count": MAX_COUNT,
             "single_claps": len(claps),
             "baseline_threshold": threshold,
@@ -408,6 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--model", type=Path, help="ONNX model (its classifier confirms patterns)")
     g.add_argument("--no-classifier", action="store_true", help="detector and grouper only")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "claps")
+    ap.add_argument("--clap-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a `claps:` setting of the daemon (repeatable)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -425,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         folds=args.folds,
         progress=not args.quiet,
+        clap_settings=dict(kv.split("=", 1) for kv in args.clap_setting),
     )
     cfg = res["config"]
     title = (

@@ -300,6 +300,11 @@ def export(
         typer.echo(f"wrote {rep.int8_path} ({rep.int8_size_bytes / 1e6:.1f} MB{delta})")
 
 
+from training.compare.cli import register as _register_compare  # noqa: E402
+
+_register_compare(app)
+
+
 def main() -> None:
     app()
 
