@@ -82,7 +82,9 @@ class ThresholdClapCounter:
         ]
 
 
-def threshold_from_claps(claps: list[np.ndarray], gains: list[float], below_db: float = 6.0) -> float:
+def threshold_from_claps(
+    claps: list[np.ndarray], gains: list[float], below_db: float = 6.0
+) -> float:
     """The potentiometer setting: `below_db` under the median peak amplitude of clean claps.
 
     Generous to the baseline: it knows how loud the claps in the scenes will be.

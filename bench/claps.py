@@ -196,18 +196,20 @@ def summarise(results: list[SceneResult]) -> dict:
             for c in r.answer:
                 fp[(c, r.snr_db)] += 1
     cells = {}
-    for key in sorted(n_scenes):
+    # A wrong count is a false positive of its own cell, even with no scenes of that count;
+    # counts above MAX_COUNT (the baseline has no limit) only enter the per-SNR totals.
+    for key in sorted(set(n_scenes) | {k for k in fp if k[0] <= MAX_COUNT}):
         cells[f"{key[0]}@{key[1]:g}"] = {
             "count": key[0],
             "snr_db": key[1],
-            "scenes": n_scenes[key],
+            "scenes": n_scenes.get(key, 0),
             **_prf(tp[key], fp[key], fn[key]),
         }
     per_snr = {}
     for snr in sorted({k[1] for k in n_scenes}, reverse=True):
         keys = [k for k in n_scenes if k[1] == snr]
         t = sum(tp[k] for k in keys)
-        f = sum(fp[k] for k in keys)
+        f = sum(v for k, v in fp.items() if k[1] == snr)
         per_snr[f"{snr:g}"] = _prf(t, f, sum(fn[k] for k in keys)) | {"snr_db": snr}
     neg = [r for r in results if r.count == 0]
     hours = sum(r.seconds for r in neg) / 3600
@@ -222,7 +224,8 @@ def summarise(results: list[SceneResult]) -> dict:
         "cells": cells,
         "per_snr": per_snr,
         "by_background": {
-            f"{bg}@{snr:g}": {"exact": h, "scenes": n} for (bg, snr), (h, n) in sorted(by_bg.items())
+            f"{bg}@{snr:g}": {"exact": h, "scenes": n}
+            for (bg, snr), (h, n) in sorted(by_bg.items())
         },
         "early_patterns": early,
         "false_triggers": {
@@ -258,7 +261,9 @@ def markdown_table(summary: dict[str, dict], header: str = "") -> str:
         "| baseline P | baseline R | baseline F1 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    order = sorted(c["cells"].values(), key=lambda v: (-v["snr_db"], v["count"]))
+    # Cells with scenes (the same for both systems: they ran on the same scenes).
+    cells = [v for v in c["cells"].values() if v["scenes"]]
+    order = sorted(cells, key=lambda v: (-v["snr_db"], v["count"]))
     for cell in order:
         key = f"{cell['count']}@{cell['snr_db']:g}"
         bc = b["cells"][key]
@@ -279,7 +284,8 @@ def markdown_table(summary: dict[str, dict], header: str = "") -> str:
         f"False triggers (patterns of 2-{MAX_COUNT} claps in {cf['hours'] * 60:.1f} min of "
         "audio with no command):",
         "",
-        "| scene kind | Claudio triggers | Claudio per hour | baseline triggers | baseline per hour |",
+        "| scene kind | Claudio triggers | Claudio per hour | baseline triggers "
+        "| baseline per hour |",
         "|---|---:|---:|---:|---:|",
     ]
     for kind, v in cf["by_kind"].items():
@@ -310,7 +316,7 @@ def plot(summary: dict[str, dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     colours = {1: "tab:gray", 2: "tab:blue", 3: "tab:orange", 4: "tab:green"}
     for system, style in (("claudio", "-"), ("baseline", "--")):
-        cells = summary[system]["cells"].values()
+        cells = [v for v in summary[system]["cells"].values() if v["scenes"]]
         for n in sorted({v["count"] for v in cells}):
             pts = sorted((v["snr_db"], v["f1"]) for v in cells if v["count"] == n)
             ax.plot(

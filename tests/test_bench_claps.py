@@ -44,7 +44,7 @@ def test_baseline_counts_claps_above_its_threshold() -> None:
     # Decided once `end_silence_s` passed without a clap.
     assert out[0].decided_sample - out[0].clap_samples[-1] == pytest.approx(0.9 * SR, abs=256)
     # Quieter than the threshold: nothing; the debounce swallows a clap's own ring.
-    assert ThresholdClapCounter(0.9, SR).push(x) == []
+    assert ThresholdClapCounter(0.3, SR).push(bursts([1.0, 1.4], 3.0, level=0.04)) == []
     assert [p.count for p in ThresholdClapCounter(0.3, SR).push(bursts([1.0, 1.1], 3.0))] == [1]
 
 

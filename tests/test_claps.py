@@ -149,12 +149,13 @@ def test_listener_asks_the_classifier_and_obeys_its_veto() -> None:
 
 def test_verifier_margin_and_inactive_without_clap_label(caplog) -> None:
     s = ClapSettings()
-    v = ClapVerifier(["clapping", "door_wood_knock", "footsteps", "dog"], s)
+    v = ClapVerifier(["clapping", "door_wood_knock", "footsteps", "dog", "rain"], s)
     assert v.active
     assert not v.verify({"clapping": 0.2, "door_wood_knock": 0.7}).accepted
     assert v.verify({"clapping": 0.6, "door_wood_knock": 0.7}).accepted  # within margin
     assert v.verify({"clapping": 0.0, "door_wood_knock": 0.15}).accepted  # veto too weak
-    assert v.verify({"clapping": 0.1, "dog": 0.9}).accepted  # dog is not a veto label
+    assert v.verify({"clapping": 0.1, "rain": 0.9}).accepted  # rain is not a veto label
+    assert not v.verify({"clapping": 0.1, "dog": 0.9}).accepted  # a bark is
     caplog.set_level("WARNING")
     nolabel = ClapVerifier(["dog", "door_wood_knock"], s)
     assert not nolabel.active
@@ -171,6 +172,6 @@ def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx_model)).metadata_props}
     labels = ModelMetadata.from_onnx_props(props).labels
     v = ClapVerifier(labels, ClapSettings())
-    assert v.active and v.veto_labels == ("door_wood_knock", "glass_breaking")
+    assert v.active and v.veto_labels == ("door_wood_knock", "glass_breaking", "dog")
     scores = {lab: (0.9 if lab == "glass_breaking" else 0.05) for lab in labels}
     assert not v.verify(scores).accepted
