@@ -10,10 +10,14 @@ Conventions:
 * All audio is float32 mono at 22,050 Hz (the model rate).
 * Every cut event starts `EVENT_PRE_S` before its onset, so ground-truth clap times in a
   scene are the placement sample plus `EVENT_PRE` samples.
-* SNR is the clap's peak-window energy (the loudest 20 ms window, `peak_window_db`)
-  over the background's RMS level over the whole scene, both in dB. Each clap (or the
-  distractor's loudest moment) is scaled to `EVENT_LEVEL_DB` and the background to
-  `EVENT_LEVEL_DB - snr_db`.
+* SNR compares like with like, in 20 ms windows: the clap's loudest window
+  (`peak_window_db`) over the background's loud moments, the 99th percentile of its window
+  levels (`background_level_db`). For steady noise (rain, a vacuum cleaner) that is within
+  a dB or two of its RMS level; for an impulsive background (a ticking clock, typing) it is
+  the level of the ticks, so "10 dB" means the ticks are 10 dB below the claps rather than
+  as loud as them (an RMS measure over mostly silence would put them there). Each clap (or
+  the distractor's loudest moment) is scaled to `EVENT_LEVEL_DB` and the background's loud
+  moments to `EVENT_LEVEL_DB - snr_db`.
 """
 
 from __future__ import annotations
@@ -121,6 +125,17 @@ def peak_window_db(x: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
         return float(10 * np.log10(max(p.mean() if p.size else 0.0, 1e-12)))
     c = np.concatenate([[0.0], np.cumsum(p)])
     return float(10 * np.log10(max(((c[n:] - c[:-n]) / n).max(), 1e-12)))
+
+
+def background_level_db(x: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
+    """Level (dB) of a background's loud moments: 99th percentile of 20 ms window energies."""
+    n = max(1, int(window_s * SAMPLE_RATE))
+    p = np.asarray(x, dtype=np.float64) ** 2
+    if p.size < 2 * n:
+        return rms_db(x)
+    c = np.concatenate([[0.0], np.cumsum(p)])
+    windows = (c[n::n // 2] - c[: -n : n // 2][: len(c[n::n // 2])]) / n
+    return float(10 * np.log10(max(float(np.percentile(windows, 99)), 1e-12)))
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -238,7 +253,7 @@ def _mix(
         out[at:end] += ev[: end - at] * gain
     if background is not None:
         bg = _fit_background(background, n, rng)
-        bg *= 10 ** ((EVENT_LEVEL_DB - snr_db - rms_db(bg)) / 20)
+        bg *= 10 ** ((EVENT_LEVEL_DB - snr_db - background_level_db(bg)) / 20)
         out += bg
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
