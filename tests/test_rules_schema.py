@@ -387,7 +387,7 @@ def test_defaults_and_state_directory(monkeypatch, tmp_path):
     rules = parse("{}\n")
     assert rules.audio.calibration == tmp_path / "state" / "calibration.yaml"
     assert rules.model.path is None and rules.model.classify_every_s == 0.5
-    assert rules.sounds.default_threshold == 0.5
+    assert rules.sounds.default_threshold == 0.8
     assert rules.triggers == [] and rules.max_clap_count() == 0
     assert parse("audio:\n  calibration: null\n").audio.calibration is None
 

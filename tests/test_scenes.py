@@ -102,7 +102,20 @@ def test_clap_times_within_10_ms(clap_results) -> None:
     assert np.mean(errors <= 10.0) >= 0.75
 
 
-def test_knocks_footsteps_speech_give_no_command(bank, roots) -> None:
+@pytest.fixture(scope="session")
+def shipped_classify():
+    """The shipped model's scores, as the daemon's ClapListener asks for them."""
+    from claudio_daemon.app import shipped_model
+    from claudio_daemon.model.classifier import OnnxClassifier
+
+    path = shipped_model()
+    if path is None:
+        pytest.skip("no shipped model in models/")
+    return OnnxClassifier(path, device="cpu", threads=1).classify_audio
+
+
+def test_knocks_footsteps_speech_give_no_command(bank, roots, shipped_classify) -> None:
+    """Through the detector and the shipped model's veto, as in the daemon."""
     rng = np.random.default_rng(1)
     scenes = []
     for i in range(12):
@@ -115,11 +128,15 @@ def test_knocks_footsteps_speech_give_no_command(bank, roots) -> None:
         for i in range(8):
             clip = load_clip(clips[int(rng.integers(len(clips)))])
             scenes.append(make_clip_scene(clip, cat, bank["bg"][i % len(bank["bg"])], 20.0, rng))
-    false = [sc.kind for sc in scenes if any(p.count in (2, 3) for p in patterns(sc.audio, 3))]
-    # Measured: knocks 0/12, footsteps 0/8, laughing 3/8, coughing 2/8. Bursts of laughter
-    # and coughs are sharp and bright; the classifier veto has to catch those.
+    def commands(audio: np.ndarray) -> bool:
+        listener = ClapListener(ClapSettings(), SR, 3, classify=shipped_classify)
+        return any(p.count in (2, 3) for p in listener.push(audio))
+
+    false = [sc.kind for sc in scenes if commands(sc.audio)]
+    # Measured: laughing 1/8, coughing 1/8, no knock or footsteps. The benchmark's larger
+    # distractor set shows the remaining rate per hour.
     assert not [k for k in false if k in ("knock", "footsteps")], false
-    assert len(false) <= 6, false
+    assert len(false) <= 4, false
 
 
 def test_applause_is_not_a_command(bank) -> None:
