@@ -135,7 +135,8 @@ def latency(model: Path, work: Path, patterns: int) -> list[float]:
     from claudio_daemon.rules.loader import parse_rules
     from tests.fixtures.broker import Subscriber, running_broker
 
-    claps = scenes.cut_single_claps([SHARED / "esc50-16k-folds123", SHARED / "esc50-fold4-dev"])
+    roots = [SHARED / "esc50-16k-folds123", SHARED / "esc50-fold4-dev"]
+    claps = [c for c in scenes.cut_single_claps(roots) if scenes.clap_shaped(c)]
     rng = np.random.default_rng(3)
     with running_broker(work / "broker") as broker:
         rules = parse_rules(RULES.format(port=broker.port, model=model))

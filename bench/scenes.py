@@ -201,6 +201,18 @@ def cut_single_claps(
     return cut_events(esc50_root, "clapping", folds=folds, length_s=length_s, max_per_clip=8)
 
 
+def clap_shaped(clap: np.ndarray) -> bool:
+    """One transient that the detector's shape test accepts as a clap.
+
+    For tests of the plumbing around the detector (MQTT, the microphone path, calibration),
+    which need claps the detector is known to hear; the benchmark itself uses every cut clap.
+    """
+    silence = np.zeros(SAMPLE_RATE // 2, np.float32)
+    padded = np.concatenate([silence, np.asarray(clap, np.float32), silence])
+    found = ClapDetector(ClapSettings(), SAMPLE_RATE).push(padded)
+    return len(found) == 1 and found[0].is_clap
+
+
 # --- backgrounds -------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import soundfile as sf
 from bench.scenes import (
     EVENT_PRE,
     SAMPLE_RATE,
+    clap_shaped,
     cut_single_claps,
     esc50_clips,
     load_backgrounds,
@@ -80,7 +81,9 @@ def _highpass(x: np.ndarray) -> np.ndarray:
 def recording(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Recording:
     """3 s of real rain, then 4 real claps at ~0.5 s gaps, 20 dB above the rain."""
     root = shared_data / "esc50-16k-folds123"
-    claps = cut_single_claps(root) or _energy_cut_claps(root)
+    # A person calibrating claps like they will clap for the lamp: keep the cut claps that
+    # have a clap's shape (the scene cutter keeps every isolated transient of the class).
+    claps = [c for c in cut_single_claps(root) if clap_shaped(c)] or _energy_cut_claps(root)
     backgrounds = load_backgrounds(root, ["rain"], per_category=1)
     assert claps and backgrounds, "no usable clapping/rain recordings in ESC-50"
     rng = np.random.default_rng(0)

@@ -36,7 +36,8 @@ TV = "zigbee2mqtt/living_room_tv/set"
 def scene_files(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
     root = shared_data / "esc50-fold4-dev"
     rng = np.random.default_rng(11)
-    claps = scenes.cut_single_claps([shared_data / "esc50-16k-folds123", root])
+    cut = scenes.cut_single_claps([shared_data / "esc50-16k-folds123", root])
+    claps = [c for c in cut if scenes.clap_shaped(c)]
     knocks = scenes.cut_events(root, "door_wood_knock", length_s=0.25)
     bg = dict(scenes.load_backgrounds(root, ["rain"], per_category=1))["rain"]
     assert len(claps) >= 3 and len(knocks) >= 3
