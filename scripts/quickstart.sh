@@ -18,7 +18,7 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
 fi
 mosquitto_sub -h 127.0.0.1 -p 1883 -v -t 'cmnd/#' -t 'zigbee2mqtt/#' -t 'claudio/#' \
-  | sed -u 's/^/  mqtt> /' & pids+=($!)
+  -F '  mqtt> %t %p' & pids+=($!)
 
 if [ "${CLAUDIO_DEMO:-}" != 1 ] && "$bin/claudio-daemon" devices >/dev/null 2>&1; then
   echo "quickstart: listening to the default microphone - clap twice for the lamp, three times for the TV (Ctrl-C stops)"

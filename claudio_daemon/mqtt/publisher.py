@@ -349,11 +349,12 @@ class MqttPublisher:
                 info.wait_for_publish(max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as e:
                 log.warning("MQTT: could not publish offline state: %s", e)
-        client.disconnect()
-        client.loop_stop()
+        # The sender goes first, so nothing touches the client once it is disconnected.
         self._wake.set()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
+        client.disconnect()
+        client.loop_stop()
         self._connected.clear()
         log.info("MQTT: disconnected")
         return delivered
