@@ -20,10 +20,15 @@ fi
 mosquitto_sub -h 127.0.0.1 -p 1883 -v -t 'cmnd/#' -t 'zigbee2mqtt/#' -t 'claudio/#' \
   -F '  mqtt> %t %p' & pids+=($!)
 
+live=1
 if [ "${CLAUDIO_DEMO:-}" != 1 ] && "$bin/claudio-daemon" devices >/dev/null 2>&1; then
   echo "quickstart: listening to the default microphone - clap twice for the lamp, three times for the TV (Ctrl-C stops)"
-  "$bin/claudio-daemon" run --rules rules.yaml
+  # Exit status 2: the input device could not be opened after all; fall back to the demo.
+  "$bin/claudio-daemon" run --rules rules.yaml || { [ $? -eq 2 ] && live=0; }
 else
+  live=0
+fi
+if [ "$live" = 0 ]; then
   echo "quickstart: no microphone found - playing demo/claps-demo.flac through the daemon"
   "$bin/claudio-daemon" run --rules rules.yaml --input demo/claps-demo.flac
   sleep 1
