@@ -105,10 +105,13 @@ class Pipeline:
 
     def replace_rules(self, rules: RulesFile) -> None:
         """Live reload: keeps AWAY state, cooldowns, and the detector's noise floor."""
+        # Compare the files' claps sections, not the listener's settings: with a
+        # calibration those differ always, and every reload would reset the detector.
+        claps_changed = rules.claps != self.engine.rules.claps
         self.engine.replace_rules(rules)
         self.claps.set_max_count(rules.max_clap_count())
         self._set_thresholds(rules)
-        if rules.claps != self.claps.settings:
+        if claps_changed:
             # Detector parameters changed: a fresh detector, since its state depends on them.
             self.claps = ClapListener(
                 self._clap_settings(rules.claps),
