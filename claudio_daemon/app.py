@@ -104,14 +104,18 @@ def load_classifier(rules: RulesFile | None, override: Path | None) -> OnnxClass
         raise UserError(str(exc)) from exc
 
 
-def load_checked_rules(path: Path, labels: tuple[str, ...] | None) -> RulesFile:
-    """Parse, validate, and check every sound label against the model."""
-    rules = load_rules(path)
+def require_labels(rules: RulesFile, path: Path, labels: tuple[str, ...] | None) -> RulesFile:
+    """The rules, if every sound label they name is one of the model's."""
     if labels is not None:
         problems: list[Problem] = check_labels(rules, labels)
         if problems:
             raise RulesError(path, problems)
     return rules
+
+
+def load_checked_rules(path: Path, labels: tuple[str, ...] | None) -> RulesFile:
+    """Parse, validate, and check every sound label against the model."""
+    return require_labels(load_rules(path), path, labels)
 
 
 def load_rules_or_fail(path: Path, labels: tuple[str, ...] | None = None) -> RulesFile:
@@ -169,11 +173,11 @@ def assemble(
     rules_path: Path, model_path: Path | None, *, use_classifier: bool = True
 ) -> Assembly:
     try:
-        first = load_rules(rules_path)
+        rules = load_rules(rules_path)
+        classifier = load_classifier(rules, model_path) if use_classifier else None
+        require_labels(rules, rules_path, classifier.labels if classifier else None)
     except RulesError as exc:
         raise UserError(str(exc)) from exc
-    classifier = load_classifier(first, model_path) if use_classifier else None
-    rules = load_rules_or_fail(rules_path, classifier.labels if classifier else None)
     pipeline = Pipeline(rules, classifier, calibration=load_calibration_for(rules))
     return Assembly(rules, classifier, pipeline)
 
