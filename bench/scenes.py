@@ -158,7 +158,8 @@ def cut_events(
 
     The onset comes from the clap detector's onset finder on the clean recording; an event
     is kept only if no other transient lies within `isolation_s` around it (so a cut
-    holds exactly one event) and it is at least 25 dB above the clip's background.
+    holds exactly one event), it is at least 25 dB above the clip's background and its
+    burst at the onset is its loudest moment (`_burst_at_onset`).
     Nothing else is asked of it: in particular not the detector's clap-shape test, so a
     benchmark built from these cuts does not only contain claps the detector already likes.
     """
@@ -183,11 +184,36 @@ def cut_events(
             if a < 0 or a + n_len > len(x):
                 continue
             seg = np.array(x[a : a + n_len], dtype=np.float32)
+            if not _burst_at_onset(seg):
+                continue
             seg[:fade_in] *= np.linspace(0.0, 1.0, fade_in, dtype=np.float32)
             seg[-fade_out:] *= np.linspace(1.0, 0.0, fade_out, dtype=np.float32)
             out.append(seg)
             kept += 1
     return out
+
+
+#: A cut's burst at its onset may be at most this much quieter than its loudest moment.
+MAX_ONSET_DEFICIT_DB = 3.0
+
+
+def _burst_at_onset(seg: np.ndarray) -> bool:
+    """The transient at the cut's onset is its main event, not a precursor.
+
+    In applause recordings a faint contact or a neighbour's clap often comes 40-80 ms
+    before the loud clap, and the onset finder (whose refractory time hides the second
+    one) puts the onset on the faint one. Such a cut would place the ground-truth clap
+    time on the precursor and scale the scene by a later burst, so it is not used.
+    """
+    n = int(PEAK_WINDOW_S * SAMPLE_RATE)
+    p = np.asarray(seg, np.float64) ** 2
+    if p.size < 2 * n:
+        return True
+    c = np.concatenate([[0.0], np.cumsum(p)])
+    w = (c[n:] - c[:-n]) / n
+    near = w[max(0, EVENT_PRE - n // 4) : EVENT_PRE + int(0.03 * SAMPLE_RATE)]
+    deficit = 10 * np.log10(max(w.max(), 1e-20) / max(near.max(), 1e-20))
+    return bool(deficit <= MAX_ONSET_DEFICIT_DB)
 
 
 def cut_single_claps(

@@ -175,3 +175,33 @@ def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None
     assert v.active and v.veto_labels == ("door_wood_knock", "glass_breaking", "dog")
     scores = {lab: (0.9 if lab == "glass_breaking" else 0.05) for lab in labels}
     assert not v.verify(scores).accepted
+
+
+def test_clap_right_after_a_faint_tick_is_found_at_its_own_onset() -> None:
+    # A clock tick 60 ms before a clap 20 dB louder: the clap must not vanish in the
+    # tick's refractory time, and the tick must not be reported in its place.
+    rng = np.random.default_rng(5)
+    x = 0.001 * rng.standard_normal(3 * SR)
+    tick, clap = clap_burst(rng, 0.03), clap_burst(rng, 0.3)
+    t0, t1 = int(1.0 * SR), int(1.06 * SR)
+    x[t0 : t0 + len(tick)] += tick
+    x[t1 : t1 + len(clap)] += clap
+    cands = ClapDetector(ClapSettings(), SR).push(x)
+    assert [round(c.sample / SR, 2) for c in cands] == [1.06]
+    assert abs(cands[0].sample - t1) <= 0.002 * SR and cands[0].is_clap
+
+
+def test_a_flam_before_the_burst_does_not_make_a_clap_slow() -> None:
+    # Two hands meeting unevenly: 35 ms of sound 4 dB below the main burst first. The
+    # attack (to within 6 dB of the peak) is fast; the onset is the start of the flam.
+    rng = np.random.default_rng(6)
+    x = 0.001 * rng.standard_normal(2 * SR)
+    n_pre = int(0.035 * SR)
+    pre = 0.19 * np.minimum(np.arange(n_pre) / (0.001 * SR), 1.0) * rng.standard_normal(n_pre)
+    clap = clap_burst(rng, 0.3)
+    t0 = int(1.0 * SR)
+    x[t0 : t0 + n_pre] += pre
+    x[t0 + n_pre : t0 + n_pre + len(clap)] += clap
+    (cand,) = ClapDetector(ClapSettings(), SR).push(x)
+    assert abs(cand.sample - t0) <= 0.002 * SR
+    assert cand.rise_ms < 5 and cand.is_clap

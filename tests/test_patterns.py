@@ -100,3 +100,18 @@ def test_quiet_background_ticks_are_ignored_and_loud_claps_restart() -> None:
     ticks = [0.5 + 0.2 * i for i in range(6)]
     out, _ = run(ticks + [1.8, 2.1], levels=[-45.0] * 6 + [-20.0, -20.0])
     assert [p.count for p in out] == [2]
+
+
+def test_a_tick_8_db_below_a_clap_is_not_part_of_its_pattern() -> None:
+    # A slow clock ticking 8 dB below a single clap, 0.8 s after it (inside max_gap).
+    out, _ = run([1.0, 1.8], levels=[-20.0, -28.0])
+    assert [p.count for p in out] == [1]
+
+
+def test_clap_well_above_tick_applause_starts_a_command() -> None:
+    # A ticking clock mistaken for applause at start-up (no busy statistics yet) must not
+    # swallow a clap 8 dB louder than the ticks.
+    ticks = [0.4 * i for i in range(1, 10)]
+    out, g = run(ticks + [4.0], levels=[-30.0] * 9 + [-22.0], max_count=3)
+    assert [p.count for p in out] == [1]
+    assert out[0].clap_samples == (int(4.0 * SR),)

@@ -48,7 +48,7 @@ FLOOR_PERCENTILE = 10.0
 #: How high the background alone rises above the floor: this percentile of frame levels.
 NOISE_PERCENTILE = 99.5
 #: Clap-shaped transients this much quieter than the loudest clap are background, not claps
-#: (the detector's own default `level_range_db`: claps of one pattern are about equally loud).
+#: (wider than the detector's `level_range_db`, so a soft clap of the calibration is still seen).
 CLAP_WINDOW_DB = 10.0
 #: A clap must stand this far above the background floor ...
 MIN_CLAP_RISE_DB = 10.0

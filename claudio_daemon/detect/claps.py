@@ -41,6 +41,12 @@ SLOW_ENV_S = 0.004
 RISE_DB = 8.0
 #: How many earlier frames the rise test compares against.
 RISE_FRAMES = 3
+#: Within the refractory time, a frame this much louder than everything since the last
+#: onset is a new transient (a clap right after a clock tick), not the first one's ring.
+PREEMPT_DB = 6.0
+#: The rise time runs from the onset to the first moment within this much of the peak,
+#: so a faint contact click or a flam before the main burst does not make it "slow".
+RISE_TO_DB = 6.0
 _TINY = 1e-12
 
 
@@ -71,6 +77,7 @@ class ClapCandidate:
     level_db: float
     #: Noise floor (dBFS) when the onset was found.
     floor_db: float
+    #: Onset to the first moment within `RISE_TO_DB` of the envelope peak.
     rise_ms: float
     #: Time from the envelope peak until it fell 20 dB (or to just above the floor).
     decay_ms: float
@@ -196,6 +203,7 @@ class ClapDetector:
         self._recent: list[float] = []
         self._next_frame = 0  # start of the next hp frame to analyse
         self._last_onset = -(10**12)
+        self._since_onset_db = -120.0
         self._freeze_until = -1
         self._pending: list[_Pending] = []
 
@@ -245,16 +253,25 @@ class ClapDetector:
             self.floor_db = level
         floor = self.floor_db
         quiet_before = min(self._recent) if self._recent else level
+        refractory = start - self._last_onset < self._refractory
+        preempts = refractory and level >= self._since_onset_db + PREEMPT_DB
         is_onset = (
             level >= floor + s.onset_threshold_db
             and level >= s.min_level_db
             and level - quiet_before >= RISE_DB
-            and start - self._last_onset >= self._refractory
+            and (not refractory or preempts)
         )
         if is_onset:
+            if preempts and self._pending and self._pending[-1].frame_start == self._last_onset:
+                # The earlier onset was a faint precursor of this one (or a background
+                # tick just before a clap): measuring both would double-count the clap.
+                self._pending.pop()
             self._pending.append(_Pending(frame_start=start, floor_db=floor))
             self._last_onset = start
+            self._since_onset_db = level
             self._freeze_until = start + self.lookahead
+        else:
+            self._since_onset_db = max(self._since_onset_db, level)
         # Track the background, but not with the transient we are measuring.
         if level < floor:
             self.floor_db = floor + (level - floor) * self._down
@@ -311,7 +328,8 @@ class ClapDetector:
             level_db = float(_db(win_e.max()))
         else:
             level_db = float(_db(np.mean(body))) if body.size else -120.0
-        rise_ms = (peak_i - j) / sr * 1000.0
+        near_peak = np.nonzero(fast[j : peak_i + 1] >= peak * 10 ** (-RISE_TO_DB / 10))[0]
+        rise_ms = (int(near_peak[0]) if near_peak.size else peak_i - j) / sr * 1000.0
         # Decay: from the slow-envelope peak until it is 20 dB lower or near the floor.
         sp_i = int(np.argmax(slow[j : j + self._spec_n])) + j
         sp = slow[sp_i]
