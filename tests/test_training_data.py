@@ -499,3 +499,21 @@ def test_precache_real_esc50_clips(shared_data: Path, tmp_path: Path) -> None:
     # 16 kHz sources hold nothing above 8 kHz: their top bins sit near the clip floor.
     top = cache.mels[8:, -10:, :].mean(axis=(1, 2))
     assert (top < peaks[8:] - CFG.top_db + 10).all()
+
+
+def test_merge_accepts_a_folder_with_part_of_the_vocabulary(tmp_path: Path) -> None:
+    from training.datasets import merge_manifests
+
+    full = Manifest(
+        (Item(tmp_path / "a.wav", ("dog",), "1"), Item(tmp_path / "b.wav", ("rain",), "1")),
+        ("dog", "rain", "clapping"),
+        "esc50",
+        False,
+    )
+    claps = Manifest((Item(tmp_path / "c.wav", ("clapping",), "2"),), ("clapping",), "synth", False)
+    merged = merge_manifests([full, claps])
+    assert merged.labels == ("dog", "rain", "clapping")  # the first folder's output order
+    assert [i.labels for i in merged.items] == [("dog",), ("rain",), ("clapping",)]
+    alien = Manifest((Item(tmp_path / "d.wav", ("siren",), "2"),), ("siren",), "other", False)
+    with pytest.raises(DatasetError, match="other: labels that esc50 does not have"):
+        merge_manifests([full, alien])

@@ -22,6 +22,7 @@ from training.datasets import load_dataset
 from training.evaluate import EvaluationError, evaluate
 from training.export import export_onnx
 from training.fit import FitConfig, fit, load_checkpoint, lr_factor
+from training.models import create_model
 from training.stats import compute_stats
 
 KINDS = ("tone", "noise", "clapping")
@@ -136,6 +137,76 @@ def test_max_steps_caps_and_resume_needs_a_run(cache_dir: Path, tmp_path: Path) 
         fit(cache_dir, _cfg(tmp_path / "c", val_folds=("9",)))
     with pytest.raises(ValueError, match="scheduler"):
         fit(cache_dir, _cfg(tmp_path / "d", scheduler="step"))
+
+
+def _altered_checkpoint(src: Path, dst: Path, **changes) -> str:
+    ckpt = load_checkpoint(src)
+    torch.save({**ckpt, **changes}, dst)
+    return str(dst)
+
+
+def test_init_from_starts_a_new_run_from_earlier_weights(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = fit(cache_dir, _cfg(tmp_path / "a", max_steps=2, val_folds=()))
+    start = load_checkpoint(first.last_checkpoint)
+    # Another seed (so another random init) and a learning rate too small to move a weight:
+    # what the new run saves after one step is where it started.
+    init = str(first.last_checkpoint)
+    second = fit(
+        cache_dir, _cfg(tmp_path / "b", max_steps=1, lr=1e-12, seed=1, val_folds=(), init_from=init)
+    )
+    ckpt = load_checkpoint(second.last_checkpoint)
+    assert second.steps == 1 and ckpt["step"] == 1 and len(ckpt["history"]) == 1
+    assert ckpt["config"]["init_from"] == init
+    for name in dict(create_model("simple_cnn", len(KINDS)).named_parameters()):
+        torch.testing.assert_close(ckpt["model"][name], start["model"][name], rtol=0, atol=1e-9)
+    # The fresh schedule starts warming up again instead of continuing the first run's.
+    assert ckpt["scheduler"]["last_epoch"] == 1
+    # Such a run resumes like any other (its own last.pt, not the init weights again).
+    resumed = fit(cache_dir, _cfg(tmp_path / "b", resume=True, max_steps=2))
+    assert resumed.steps == 2
+    assert load_checkpoint(resumed.last_checkpoint)["config"]["init_from"] == init
+
+    with pytest.raises(ValueError, match="labels differ"):
+        renamed = _altered_checkpoint(
+            first.last_checkpoint, tmp_path / "labels.pt", labels=["tone", "noise", "snap"]
+        )
+        fit(cache_dir, _cfg(tmp_path / "c", max_steps=1, init_from=renamed))
+    with pytest.raises(ValueError, match="architectures must match"):
+        fit(cache_dir, _cfg(tmp_path / "d", max_steps=1, model="resnet18", init_from=init))
+    fe = FrontEndConfig.from_json(start["frontend"])
+    with pytest.raises(ValueError, match="front end"):
+        other_mels = FrontEndConfig(**{**fe.__dict__, "n_mels": 64}).to_json()
+        fit(
+            cache_dir,
+            _cfg(
+                tmp_path / "e",
+                max_steps=1,
+                init_from=_altered_checkpoint(init, tmp_path / "fe.pt", frontend=other_mels),
+            ),
+        )
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        fit(cache_dir, _cfg(tmp_path / "a", resume=True, init_from=init))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+    # Other normalisation stats are allowed, with a warning.
+    other_stats = fe.with_stats(fe.mean + 5.0, fe.std * 2).to_json()
+    restat = _altered_checkpoint(init, tmp_path / "stats.pt", frontend=other_stats)
+    with caplog.at_level("WARNING", logger="training.fit"):
+        fit(cache_dir, _cfg(tmp_path / "f", max_steps=1, val_folds=(), init_from=restat))
+    assert "normalisation mean" in caplog.text
+
+
+def test_cli_init_from(cache_dir: Path, trained, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["fit", "--cache", str(cache_dir), "--model", "simple_cnn", "--workers", "0"]
+    init = ["--init-from", str(trained.last_checkpoint)]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), *init, "--max-steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "trained 1 steps" in res.stdout
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r"), *init, "--resume"])
+    assert res.exit_code == 2 and "mutually exclusive" in res.stderr
 
 
 def test_schedule_warms_up_then_decays() -> None:

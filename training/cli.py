@@ -7,6 +7,11 @@ Typical run (ESC-50, fold 4 held out for validation):
     claudio-train fit --cache runs/cache --val-fold 4 --out runs/se18
     claudio-train evaluate runs/se18/best.pt runs/cache --folds 4 --out runs/se18/eval
     claudio-train export runs/se18/best.pt --out models/claudio.onnx --parity-data runs/cache
+
+Isolated clap patterns (ESC-50's clapping is mostly applause), then fine-tuning on them:
+
+    claudio-train synth-claps ../shared/data/esc50-16k-folds123 --out runs/synth-claps
+    claudio-train fit --cache runs/cache2 --out runs/se18-claps --init-from runs/se18/best.pt
 """
 
 from __future__ import annotations
@@ -109,6 +114,38 @@ def precache(
     )
 
 
+@app.command("synth-claps")
+@_friendly
+def synth_claps(
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="ESC-50 layout folder(s) with clapping and background recordings."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New ESC-50 layout folder to write.")],
+    per_fold: Annotated[int, typer.Option(help="Synthetic clips per fold.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty --out folder.")
+    ] = False,
+    min_clap_margin_db: Annotated[
+        float,
+        typer.Option(help="A cut clap must be this far above its recording's noise floor (dB)."),
+    ] = 25.0,
+) -> None:
+    """Write isolated clap-pattern clips (1-4 real claps over real backgrounds) as `clapping`."""
+    from training.synth_claps import synth_claps as run_synth
+
+    report = run_synth(
+        list(data),
+        out,
+        per_fold=per_fold,
+        seed=seed,
+        force=force,
+        min_above_floor_db=min_clap_margin_db,
+    )
+    typer.echo(report.summary())
+
+
 @app.command()
 @_friendly
 def stats(
@@ -169,6 +206,14 @@ def fit(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     no_amp: Annotated[bool, typer.Option("--no-amp", help="No mixed precision on CUDA.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new run (fresh optimiser and schedule) from this checkpoint's "
+            "weights; same labels, model and mel settings required.",
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     log_every: Annotated[int, typer.Option(help="Log every N steps when not on a terminal.")] = 50,
 ) -> None:
@@ -199,6 +244,7 @@ def fit(
         device=device,
         out_dir=str(out),
         resume=resume,
+        init_from=str(init_from) if init_from is not None else None,
         max_steps=max_steps,
         log_every=log_every,
     )

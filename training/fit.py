@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,9 @@ class FitConfig:
     device: str = "auto"
     out_dir: str = "runs/train"
     resume: bool = False
+    #: Start from this checkpoint's weights (fine-tuning, e.g. after adding synthetic
+    #: clips) with a fresh optimiser and schedule; None starts from a random init.
+    init_from: str | None = None
     #: Stop after this many optimiser steps in total (short test runs); None = no cap.
     max_steps: int | None = None
     log_every: int = 50
@@ -90,6 +93,11 @@ class FitConfig:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
+        if self.resume and self.init_from:
+            raise ValueError(
+                "--init-from and --resume are mutually exclusive: --resume continues the run "
+                "in --out, --init-from starts a new one from another run's weights"
+            )
         overlap = set(map(str, self.val_folds)) & set(map(str, self.test_folds))
         if overlap:
             raise ValueError(f"folds {sorted(overlap)} are both validation and test folds")
@@ -329,6 +337,10 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
                 f"{cache_dir}: front end or stats.json changed since the checkpoint; cannot resume"
             )
     _warn_if_stats_not_from_training(cache_dir, len(train_idx), dist)
+    init_state: dict[str, Any] | None = None
+    if cfg.init_from and resume_state is None:
+        init_state = load_checkpoint(cfg.init_from, map_location="cpu")
+        check_init_compatible(init_state, cfg, labels, frontend, warn=dist.is_main)
 
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -388,6 +400,15 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         optimizer, lambda s: lr_factor(s, total_steps, cfg.scheduler, cfg.warmup)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    if init_state is not None:
+        model.load_state_dict(init_state["model"])
+        if dist.is_main:
+            log.info(
+                "starting from the weights of %s (its step %s); new optimiser and schedule",
+                cfg.init_from,
+                init_state.get("step", "?"),
+            )
 
     start_epoch, step, best, best_epoch, bad_epochs = 0, 0, -math.inf, -1, 0
     history: list[dict[str, Any]] = []
@@ -618,6 +639,43 @@ def _set_rng_state(state: dict[str, Any], mix_gen: torch.Generator, device: torc
     if state.get("cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
     mix_gen.set_state(state["mix"])
+
+
+def check_init_compatible(
+    ckpt: dict[str, Any],
+    cfg: FitConfig,
+    labels: tuple[str, ...],
+    frontend: FrontEndConfig,
+    warn: bool = True,
+) -> None:
+    """Weights only transfer to the same outputs, the same network and the same input
+    features. The normalisation stats may differ (the new training set has its own): the
+    first steps then adapt the weights to a slightly shifted input, so that only warns.
+    """
+    src = cfg.init_from
+    if list(ckpt["labels"]) != list(labels):
+        diff = sorted(set(ckpt["labels"]) ^ set(labels))[:5]
+        what = f"e.g. {diff}" if diff else "the same labels in another order"
+        raise ValueError(f"{src}: its labels differ from the cache's ({what}); cannot init from it")
+    theirs_model = (ckpt.get("model_name"), dict(ckpt.get("model_kwargs") or {}))
+    if theirs_model != (cfg.model, dict(cfg.model_kwargs)):
+        raise ValueError(
+            f"{src}: its model is {theirs_model[0]} {theirs_model[1]}, but --model is "
+            f"{cfg.model} {cfg.model_kwargs}; the architectures must match"
+        )
+    theirs = FrontEndConfig.from_json(ckpt["frontend"])
+    if replace(theirs, mean=0.0, std=1.0) != replace(frontend, mean=0.0, std=1.0):
+        raise ValueError(f"{src}: its front end (mel settings) differs from the cache's")
+    if warn and (theirs.mean, theirs.std) != (frontend.mean, frontend.std):
+        log.warning(
+            "%s was trained with normalisation mean %.4f std %.4f, this cache uses "
+            "mean %.4f std %.4f; the first steps adapt the weights to the new scaling",
+            src,
+            theirs.mean,
+            theirs.std,
+            frontend.mean,
+            frontend.std,
+        )
 
 
 def _warn_if_stats_not_from_training(cache_dir: Path, n_train: int, dist: DistInfo) -> None:

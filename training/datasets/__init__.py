@@ -61,17 +61,18 @@ def load_dataset(root: str | Path, layout: str = "auto", split: str = "dev") -> 
 
 def merge_manifests(manifests: list[Manifest]) -> Manifest:
     """One dataset from several folders of the same kind (ESC-50 folds 1-3 at 16 kHz and
-    fold 4 at 44.1 kHz, say): the vocabularies must agree, so label order stays the model's
-    output order."""
+    fold 4 at 44.1 kHz, say). The first folder's vocabulary is the model's output order;
+    later folders may use only part of it (`claudio-train synth-claps` writes `clapping`
+    alone), never a label it lacks."""
     if not manifests:
         raise DatasetError("no datasets to merge")
     first = manifests[0]
     for other in manifests[1:]:
-        if set(other.labels) != set(first.labels):
-            missing = sorted(set(first.labels) ^ set(other.labels))[:5]
+        unknown = sorted(set(other.labels) - set(first.labels))
+        if unknown:
             raise DatasetError(
-                f"{other.name}: its labels differ from {first.name}'s (e.g. {missing}); "
-                "only datasets with the same vocabulary can be combined"
+                f"{other.name}: labels that {first.name} does not have (e.g. {unknown[:5]}); "
+                "a later dataset may only use labels of the first one"
             )
     if len(manifests) == 1:
         return first
