@@ -34,10 +34,12 @@ import soxr
 from claudio_daemon.detect.claps import ClapDetector
 from claudio_daemon.detect.settings import ClapSettings
 
+# One definition of "how loud" for the benchmark and the synthetic training clips.
+from training.synth_claps import background_level_db, burst_at_onset, peak_window_db
+
 SAMPLE_RATE = 22050
 EVENT_PRE_S = 0.02
 EVENT_PRE = int(round(EVENT_PRE_S * SAMPLE_RATE))
-PEAK_WINDOW_S = 0.02
 EVENT_LEVEL_DB = -20.0
 
 BACKGROUNDS = (
@@ -117,31 +119,6 @@ def load_clip(path: Path) -> np.ndarray:
     return out
 
 
-def peak_window_db(x: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
-    """Energy (dB RMS) of the loudest window: how loud a clap is, for the SNR."""
-    n = max(1, int(window_s * SAMPLE_RATE))
-    p = np.asarray(x, dtype=np.float64) ** 2
-    if p.size < n:
-        return float(10 * np.log10(max(p.mean() if p.size else 0.0, 1e-12)))
-    c = np.concatenate([[0.0], np.cumsum(p)])
-    return float(10 * np.log10(max(((c[n:] - c[:-n]) / n).max(), 1e-12)))
-
-
-def background_level_db(x: np.ndarray, window_s: float = PEAK_WINDOW_S) -> float:
-    """Level (dB) of a background's loud moments: 99th percentile of 20 ms window energies."""
-    n = max(1, int(window_s * SAMPLE_RATE))
-    p = np.asarray(x, dtype=np.float64) ** 2
-    if p.size < 2 * n:
-        return rms_db(x)
-    c = np.concatenate([[0.0], np.cumsum(p)])
-    windows = (c[n::n // 2] - c[: -n : n // 2][: len(c[n::n // 2])]) / n
-    return float(10 * np.log10(max(float(np.percentile(windows, 99)), 1e-12)))
-
-
-def rms_db(x: np.ndarray) -> float:
-    return float(10 * np.log10(max(float(np.mean(np.asarray(x, np.float64) ** 2)), 1e-12)))
-
-
 # --- cutting single events ---------------------------------------------------------------
 
 
@@ -159,7 +136,7 @@ def cut_events(
     The onset comes from the clap detector's onset finder on the clean recording; an event
     is kept only if no other transient lies within `isolation_s` around it (so a cut
     holds exactly one event), it is at least 25 dB above the clip's background and its
-    burst at the onset is its loudest moment (`_burst_at_onset`).
+    burst at the onset is its loudest moment (`burst_at_onset`).
     Nothing else is asked of it: in particular not the detector's clap-shape test, so a
     benchmark built from these cuts does not only contain claps the detector already likes.
     """
@@ -184,36 +161,13 @@ def cut_events(
             if a < 0 or a + n_len > len(x):
                 continue
             seg = np.array(x[a : a + n_len], dtype=np.float32)
-            if not _burst_at_onset(seg):
+            if not burst_at_onset(seg, EVENT_PRE):
                 continue
             seg[:fade_in] *= np.linspace(0.0, 1.0, fade_in, dtype=np.float32)
             seg[-fade_out:] *= np.linspace(1.0, 0.0, fade_out, dtype=np.float32)
             out.append(seg)
             kept += 1
     return out
-
-
-#: A cut's burst at its onset may be at most this much quieter than its loudest moment.
-MAX_ONSET_DEFICIT_DB = 3.0
-
-
-def _burst_at_onset(seg: np.ndarray) -> bool:
-    """The transient at the cut's onset is its main event, not a precursor.
-
-    In applause recordings a faint contact or a neighbour's clap often comes 40-80 ms
-    before the loud clap, and the onset finder (whose refractory time hides the second
-    one) puts the onset on the faint one. Such a cut would place the ground-truth clap
-    time on the precursor and scale the scene by a later burst, so it is not used.
-    """
-    n = int(PEAK_WINDOW_S * SAMPLE_RATE)
-    p = np.asarray(seg, np.float64) ** 2
-    if p.size < 2 * n:
-        return True
-    c = np.concatenate([[0.0], np.cumsum(p)])
-    w = (c[n:] - c[:-n]) / n
-    near = w[max(0, EVENT_PRE - n // 4) : EVENT_PRE + int(0.03 * SAMPLE_RATE)]
-    deficit = 10 * np.log10(max(w.max(), 1e-20) / max(near.max(), 1e-20))
-    return bool(deficit <= MAX_ONSET_DEFICIT_DB)
 
 
 def cut_single_claps(

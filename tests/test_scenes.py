@@ -12,7 +12,6 @@ import pytest
 
 from bench.scenes import (
     EVENT_PRE,
-    _burst_at_onset,
     cut_events,
     cut_single_claps,
     esc50_clips,
@@ -24,6 +23,7 @@ from bench.scenes import (
 )
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
+from training.synth_claps import burst_at_onset
 
 SR = 22050
 STEADY = ("rain", "vacuum_cleaner", "washing_machine")
@@ -161,6 +161,6 @@ def test_a_cut_whose_loud_clap_comes_after_a_precursor_is_not_a_single_clap() ->
         return level * on * np.exp(-np.maximum(t - at_s, 0) / 0.015) * rng.standard_normal(n)
 
     onset_s = EVENT_PRE / SR
-    assert _burst_at_onset(burst(onset_s, 0.3))
+    assert burst_at_onset(burst(onset_s, 0.3), EVENT_PRE)
     # A faint neighbour's clap at the onset, the loud one 70 ms later (applause recordings).
-    assert not _burst_at_onset(burst(onset_s, 0.05) + burst(onset_s + 0.07, 0.3))
+    assert not burst_at_onset(burst(onset_s, 0.05) + burst(onset_s + 0.07, 0.3), EVENT_PRE)
