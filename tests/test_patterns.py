@@ -115,3 +115,23 @@ def test_clap_well_above_tick_applause_starts_a_command() -> None:
     out, g = run(ticks + [4.0], levels=[-30.0] * 9 + [-22.0], max_count=3)
     assert [p.count for p in out] == [1]
     assert out[0].clap_samples == (int(4.0 * SR),)
+
+
+def test_doubtful_claps_within_the_level_range_keep_applause_going() -> None:
+    # Applause in a busy room: the busy gate refuses the softer claps, but those within the
+    # level range of the loudest are still the same clapping, so no "command" of four.
+    g = PatternGrouper(ClapSettings(), SR, max_count=4)
+    out = []
+    times = [1.0 + 0.33 * i for i in range(8)]
+    levels = [-20.0, -21.0, -24.5, -20.5, -25.0, -21.5, -24.0, -24.5]
+    for i, (t, level) in enumerate(zip(times, levels, strict=True)):
+        clap = Clap(sample=int(t * SR), level_db=level)
+        out += g.push_clap(clap) if i in (0, 1, 3, 5) else g.push_doubtful(clap)
+    out += g.advance(int(8 * SR))
+    assert out == [] and g.in_applause is False  # quiet again by 8 s
+    # A refused tick far below the claps is not part of them.
+    g = PatternGrouper(ClapSettings(), SR, max_count=4)
+    out = g.push_clap(Clap(sample=SR, level_db=-20.0))
+    out += g.push_doubtful(Clap(sample=int(1.4 * SR), level_db=-28.0))
+    out += g.advance(int(4 * SR))
+    assert [p.count for p in out] == [1]

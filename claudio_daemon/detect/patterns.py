@@ -134,13 +134,15 @@ class PatternGrouper:
         """A clap-shaped transient that a gate refused (e.g. a busy background).
 
         It cannot start a pattern, but if it is as loud as the claps being grouped (within
-        half the level range) it is more of the same clapping and counts, so a run of
-        alike claps still turns into applause instead of leaving a short pattern behind.
+        the level range) it is more of the same clapping and counts, so a run of alike
+        claps still turns into applause instead of leaving a short pattern behind. (Half
+        the range let the softer claps of real applause slip out, and its loudest four
+        became a command.)
         """
-        half = self.settings.level_range_db / 2
-        if self._group and clap.level_db >= max(c.level_db for c in self._group) - half:
+        span = self.settings.level_range_db
+        if self._group and clap.level_db >= max(c.level_db for c in self._group) - span:
             return self.push_clap(clap)
-        if self._applause_last is not None and clap.level_db >= self._applause_level - half:
+        if self._applause_last is not None and clap.level_db >= self._applause_level - span:
             return self.push_clap(clap)
         return self.advance(clap.sample)
 
