@@ -222,7 +222,7 @@ def test_measurement_does_not_depend_on_block_size(recording: Recording) -> None
 
 
 def _cand(sample: int, level: float) -> ClapCandidate:
-    return ClapCandidate(sample, level, -60.0, 2.0, 30.0, 3000.0, 5.0, 12.0, 0.95, True)
+    return ClapCandidate(sample, level, -60.0, 2.0, 30.0, 3000.0, 5.0, 12.0, 0.05, 0.95, True)
 
 
 def test_proposal_logic_and_warnings() -> None:
