@@ -136,3 +136,27 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda() -> None:
     assert not torch.equal(mixed_y, y)
     same_x, same_y = mixup_batch(x, y, alpha=0.0, gen=_gen(1))
     assert same_x is x and same_y is y
+
+
+def test_segment_view_tiles_a_short_stretch_around_the_loudest_frame() -> None:
+    from training.augment import segment_view
+
+    db = _clip()
+    db[..., 200] += 10.0  # one loud moment near the end (a clap in a quiet clip)
+    n = db.shape[-1]
+    frame_s = CFG.hop_length / CFG.sample_rate
+    for seed in range(5):
+        out = segment_view(db, 1.0, _gen(seed), CFG)
+        length = int(round(1.0 / frame_s))
+        assert out.shape == db.shape
+        # Periodic with the stretch's length, and the loud frame is in every period.
+        assert torch.equal(out[..., length : 2 * length], out[..., :length])
+        loud = out.mean(dim=(0, 1)).argmax().item() % length
+        assert torch.equal(out[..., loud], db[..., 200])
+    # A stretch as long as the window leaves the clip as it is.
+    assert torch.equal(segment_view(db, 10.0, _gen(), CFG), db)
+    # Through augment_example, only with its probability.
+    only = AugmentConfig(**NOTHING, segment_prob=1.0)
+    assert not torch.equal(augment_example(db, only, _gen()), db)
+    assert torch.equal(augment_example(db, AugmentConfig(**NOTHING, segment_prob=0.0), _gen()), db)
+    assert n == 256

@@ -26,6 +26,7 @@ __all__ = [
     "band_limit",
     "mixup_batch",
     "pitch_shift",
+    "segment_view",
 ]
 
 
@@ -51,6 +52,11 @@ class AugmentConfig:
     band_limit_hz: tuple[float, float] = (4000.0, 11000.0)
     #: Width of the roll-off below the cut-off, in octaves.
     band_limit_rolloff_octaves: float = 0.25
+
+    #: Probability of the daemon's short-segment view: a random 0.8-3 s stretch around the
+    #: clip's loudest moment, tiled over the window (`segment_view`).
+    segment_prob: float = 0.0
+    segment_s: tuple[float, float] = (0.8, 3.0)
 
     @classmethod
     def off(cls) -> AugmentConfig:
@@ -109,6 +115,30 @@ def band_limit(
     return torch.maximum(db - amount.to(db.dtype).unsqueeze(-1) * frontend.top_db, floor)
 
 
+def segment_view(
+    db: torch.Tensor, seconds: float, gen: torch.Generator, frontend: FrontEndConfig
+) -> torch.Tensor:
+    """What the daemon's clap check hears: a short stretch repeat-padded to the window.
+
+    The daemon hands the classifier only a clap pattern's audio (about 0.8-3 s), which the
+    front end tiles; a model that only saw whole 5 s clips calls two or three isolated
+    claps footsteps or a clock, because ESC-50's "clapping" is applause. Tiling mel frames
+    is the same as tiling the audio, up to the frames at the seams. The stretch always
+    holds the clip's loudest frame, so the labelled sound is in it.
+    """
+    n_frames = db.shape[-1]
+    frame_s = frontend.hop_length / frontend.sample_rate
+    length = max(1, min(n_frames, int(round(seconds / frame_s))))
+    if length >= n_frames:
+        return db
+    loudest = int(db.mean(dim=-2).reshape(-1, n_frames).mean(dim=0).argmax())
+    lo, hi = max(0, loudest - length + 1), min(loudest, n_frames - length)
+    start = _randint(gen, lo, hi)
+    piece = db[..., start : start + length]
+    reps = -(-n_frames // length)
+    return piece.repeat(*([1] * (db.dim() - 1)), reps)[..., :n_frames].contiguous()
+
+
 def _masks(db: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     db = db.clone()
     fill = db.mean()
@@ -132,13 +162,15 @@ def augment_example(
 ) -> torch.Tensor:
     """One training example [1, M, T] in clamped dB -> an augmented copy, still in dB.
 
-    Order: gain, pitch shift, band limit, time shift, SpecAugment; finally the per-clip
-    top_db clamp is applied again so the example keeps the contract's dynamic range.
+    Order: segment view, gain, pitch shift, band limit, time shift, SpecAugment; finally the
+    per-clip top_db clamp is applied again so the example keeps the contract's dynamic range.
     """
     if not cfg.enabled:
         return db
     frontend = frontend or FrontEndConfig()
     out = db
+    if cfg.segment_prob > 0 and float(torch.rand((), generator=gen)) < cfg.segment_prob:
+        out = segment_view(out, _uniform(gen, *cfg.segment_s), gen, frontend)
     if cfg.gain_db > 0:
         out = out + _uniform(gen, -cfg.gain_db, cfg.gain_db)
     if cfg.pitch_shift_semitones > 0:

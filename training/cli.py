@@ -200,6 +200,13 @@ def fit(
         bool, typer.Option("--no-augment", help="Train without augmentation.")
     ] = False,
     mixup_alpha: Annotated[float | None, typer.Option(help="Mixup Beta alpha (0 = off).")] = None,
+    segment_prob: Annotated[
+        float,
+        typer.Option(
+            help="Probability of training on a 0.8-3 s stretch repeat-padded to the window, "
+            "as the daemon's clap check hears a pattern."
+        ),
+    ] = 0.0,
     pos_weight_max: Annotated[float, typer.Option(help="Upper clip of BCE pos_weight.")] = 10.0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
     seed: Annotated[int, typer.Option()] = 0,
@@ -225,6 +232,11 @@ def fit(
     augment = AugmentConfig(enabled=not no_augment)
     if mixup_alpha is not None:
         augment = AugmentConfig(**{**augment.__dict__, "mixup_alpha": mixup_alpha})
+    if not 0.0 <= segment_prob <= 1.0:
+        raise typer.BadParameter(
+            f"must be in [0, 1], got {segment_prob}", param_hint="--segment-prob"
+        )
+    augment = AugmentConfig(**{**augment.__dict__, "segment_prob": segment_prob})
     cfg = FitConfig(
         model=model,
         epochs=epochs,
