@@ -153,9 +153,14 @@ def test_verifier_margin_and_inactive_without_clap_label(caplog) -> None:
     assert v.active
     assert not v.verify({"clapping": 0.2, "door_wood_knock": 0.7}).accepted
     assert v.verify({"clapping": 0.6, "door_wood_knock": 0.7}).accepted  # within margin
-    assert v.verify({"clapping": 0.0, "door_wood_knock": 0.15}).accepted  # veto too weak
-    assert v.verify({"clapping": 0.1, "rain": 0.9}).accepted  # rain is not a veto label
-    assert not v.verify({"clapping": 0.1, "dog": 0.9}).accepted  # a bark is
+    assert v.verify({"clapping": 0.25, "door_wood_knock": 0.15}).accepted  # veto too weak
+    assert v.verify({"clapping": 0.25, "rain": 0.9}).accepted  # rain is not a veto label
+    assert not v.verify({"clapping": 0.25, "dog": 0.9}).accepted  # a bark is
+    # Too little "clapping" rejects whatever the vetoes say; 0 turns that off.
+    low = v.verify({"clapping": 0.1, "rain": 0.9})
+    assert not low.accepted and low.reason == "clapping 0.10 < 0.20"
+    veto_only = ClapVerifier(["clapping", "rain"], ClapSettings(min_clap_score=0.0))
+    assert veto_only.verify({"clapping": 0.0, "rain": 0.9}).accepted
     caplog.set_level("WARNING")
     nolabel = ClapVerifier(["dog", "door_wood_knock"], s)
     assert not nolabel.active

@@ -2,8 +2,10 @@
 
 The transient shape cannot tell every knock, click or footstep from a clap (on ESC-50
 many mouse clicks and heel steps are as sharp and bright as claps), but the classifier
-hears the whole pattern in context. It only vetoes: a pattern is rejected when a veto
-label clearly beats "clapping", never accepted because of the classifier alone.
+hears the whole pattern in context. It can reject a pattern in two ways: a veto label
+clearly beats "clapping", or "clapping" scores below `min_clap_score` (a model trained on
+isolated clap patterns gives real commands at least that). It never accepts a pattern the
+detector did not find.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class ClapVerifier:
             value = float(scores.get(label, 0.0))
             if value > best:
                 best_label, best = label, value
+        if clap < s.min_clap_score:
+            return Verdict(
+                False,
+                f"{s.clap_label} {clap:.2f} < {s.min_clap_score:.2f}",
+                clap_score=clap,
+                veto_label=best_label,
+                veto_score=best if best_label is not None else None,
+            )
         if best_label is not None and best >= s.veto_min_score and best - clap >= s.veto_margin:
             return Verdict(
                 False,
