@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from bench import scenes
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import scenes  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "demo" / "claps-demo.flac"
 

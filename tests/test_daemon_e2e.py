@@ -279,3 +279,17 @@ def test_rules_reload_while_running(
         sub.wait_for(lambda m: len(m) >= 1, timeout=5)
         assert sub.payloads(TV) == [b'{"state": "TOGGLE"}']
         assert sub.payloads(LAMP) == []
+
+
+def test_the_bundled_demo_does_what_the_quick_start_promises() -> None:
+    """demo/claps-demo.flac with the example rules.yaml and the shipped model: the lamp after
+    two claps, nothing for the knock, the TV after three (README, quick start)."""
+    from claudio_daemon.app import shipped_model
+
+    if shipped_model() is None:
+        pytest.skip("no shipped model in models/")
+    events = replay(ROOT / "demo" / "claps-demo.flac", ROOT / "rules.yaml")
+    claps = [e for e in events if e["type"] == "claps"]
+    actions = [(e["appliance"], e["topic"]) for e in events if e["type"] == "action"]
+    assert [c["count"] for c in claps] == [2, 3]
+    assert actions == [("lamp", LAMP), ("tv", TV)]
