@@ -35,22 +35,19 @@ from claudio_daemon.detect.claps import ClapDetector
 from claudio_daemon.detect.settings import ClapSettings
 
 # One definition of "how loud" for the benchmark and the synthetic training clips.
-from training.synth_claps import background_level_db, burst_at_onset, peak_window_db
+from training.synth_claps import (
+    HOUSEHOLD_BACKGROUNDS,
+    background_level_db,
+    burst_at_onset,
+    peak_window_db,
+)
 
 SAMPLE_RATE = 22050
 EVENT_PRE_S = 0.02
 EVENT_PRE = int(round(EVENT_PRE_S * SAMPLE_RATE))
 EVENT_LEVEL_DB = -20.0
 
-BACKGROUNDS = (
-    "rain",
-    "wind",
-    "vacuum_cleaner",
-    "washing_machine",
-    "crickets",
-    "clock_tick",
-    "keyboard_typing",
-)
+BACKGROUNDS = HOUSEHOLD_BACKGROUNDS
 #: Distractor classes played whole (a few seconds of the recording).
 DISTRACTOR_CLIPS = (
     "footsteps",

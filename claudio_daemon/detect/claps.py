@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -105,6 +106,15 @@ def _soft(value: float, limit: float, width: float, above: bool) -> float:
 PERIOD_RANGE_S = (0.0025, 0.0125)
 
 
+@lru_cache(maxsize=4)
+def _hanning_autocorr(n: int) -> np.ndarray:
+    """The analysis window's own autocorrelation (the same for every candidate)."""
+    win = np.hanning(n)
+    out = np.correlate(win, win, mode="full")[n - 1 :]
+    out.setflags(write=False)
+    return out
+
+
 def periodicity(frame: np.ndarray, background: np.ndarray, sample_rate: int) -> float:
     """How strongly the transient repeats at a voice's pitch period (0 noise .. 1 a tone).
 
@@ -119,8 +129,7 @@ def periodicity(frame: np.ndarray, background: np.ndarray, sample_rate: int) -> 
     ac = np.fft.irfft(np.maximum(power, 0.0), nfft)[:n]
     if ac[0] <= _TINY:
         return 0.0
-    win = np.hanning(n)
-    win_ac = np.correlate(win, win, mode="full")[n - 1 :]
+    win_ac = _hanning_autocorr(n)
     lo, hi = (int(round(t * sample_rate)) for t in PERIOD_RANGE_S)
     hi = min(hi, n - 1)
     if hi <= lo:

@@ -52,26 +52,13 @@ class ClapVerifier:
             value = float(scores.get(label, 0.0))
             if value > best:
                 best_label, best = label, value
+        veto_score = best if best_label is not None else None
+
+        def verdict(accepted: bool, reason: str) -> Verdict:
+            return Verdict(accepted, reason, clap, best_label, veto_score)
+
         if clap < s.min_clap_score:
-            return Verdict(
-                False,
-                f"{s.clap_label} {clap:.2f} < {s.min_clap_score:.2f}",
-                clap_score=clap,
-                veto_label=best_label,
-                veto_score=best if best_label is not None else None,
-            )
+            return verdict(False, f"{s.clap_label} {clap:.2f} < {s.min_clap_score:.2f}")
         if best_label is not None and best >= s.veto_min_score and best - clap >= s.veto_margin:
-            return Verdict(
-                False,
-                f"{best_label} {best:.2f} > {s.clap_label} {clap:.2f}",
-                clap_score=clap,
-                veto_label=best_label,
-                veto_score=best,
-            )
-        return Verdict(
-            True,
-            f"{s.clap_label} {clap:.2f}",
-            clap_score=clap,
-            veto_label=best_label,
-            veto_score=best if best_label is not None else None,
-        )
+            return verdict(False, f"{best_label} {best:.2f} > {s.clap_label} {clap:.2f}")
+        return verdict(True, f"{s.clap_label} {clap:.2f}")
