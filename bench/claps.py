@@ -350,16 +350,19 @@ def run_benchmark(
     snrs: Sequence[float],
     model: Path | None,
     folds: Sequence[int] | None = None,
+    clap_folds: Sequence[int] | None = None,
     distractors: Sequence[str] = sc.DISTRACTOR_CLIPS,
     progress: bool = True,
     clap_settings: dict[str, str] | None = None,
 ) -> dict:
     """Build the scenes, replay them through both systems and score them."""
     t0 = time.perf_counter()
+    clap_folds = folds if clap_folds is None else clap_folds
     scenes = sc.build_scene_set(
-        list(data), seed, per_cell, snrs=snrs, folds=folds, distractors=distractors
+        list(data), seed, per_cell, snrs=snrs, folds=folds, clap_folds=clap_folds,
+        distractors=distractors,
     )
-    claps = sc.cut_single_claps(list(data), folds=folds)
+    claps = sc.cut_single_claps(list(data), folds=clap_folds)
     threshold = baseline_threshold(claps)
     t_build = time.perf_counter() - t0
     runners = {
@@ -388,6 +391,7 @@ def run_benchmark(
             "per_cell": per_cell,
             "snrs": list(snrs),
             "folds": None if folds is None else list(folds),
+            "clap_folds": None if clap_folds is None else list(clap_folds),
             "model": str(model) if model else None,
             "clap_settings": clap_settings or {},
             "max_count": MAX_COUNT,
@@ -418,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
     ap.add_argument("--folds", type=lambda t: [int(v) for v in t.split(",")], default=None,
                     help="only these ESC-50 folds (e.g. 1,2 to tune, 3,4 to check)")
+    ap.add_argument("--clap-folds", type=lambda t: [int(v) for v in t.split(",")],
+                    default=None, help="cut the claps from these folds instead of --folds "
+                    "(distractors held out from a model that trained on the claps' folds)")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", type=Path, help="ONNX model (its classifier confirms patterns)")
     g.add_argument("--no-classifier", action="store_true", help="detector and grouper only")
@@ -440,13 +447,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         snrs=args.snrs,
         model=args.model,
         folds=args.folds,
+        clap_folds=args.clap_folds,
         progress=not args.quiet,
         clap_settings=dict(kv.split("=", 1) for kv in args.clap_setting),
     )
     cfg = res["config"]
     title = (
         f"seed {cfg['seed']}, {cfg['per_cell']}/cell, folds {cfg['folds'] or 'all'}, "
-        f"{'model ' + Path(cfg['model']).name if cfg['model'] else 'no classifier'}"
+        + (
+            f"claps from folds {cfg['clap_folds']}, "
+            if cfg["clap_folds"] not in (None, cfg["folds"])
+            else ""
+        )
+        + f"{'model ' + Path(cfg['model']).name if cfg['model'] else 'no classifier'}"
     )
     header = (
         f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "

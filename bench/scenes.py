@@ -382,6 +382,7 @@ def build_scene_set(
     gap_range: tuple[float, float] = (0.2, 0.7),
     distractors: Sequence[str] = DISTRACTOR_CLIPS,
     folds: Iterable[int] | None = None,
+    clap_folds: Iterable[int] | None = None,
     lead_s: float = 3.0,
     jitter_db: float = 2.0,
 ) -> list[Scene]:
@@ -391,11 +392,14 @@ def build_scene_set(
     distractor class and for applause (half real recordings, half built from cut claps).
     Every scene starts with `lead_s` of background alone (a daemon that has been
     listening to the room for a while, not one switched on a second before the clap);
-    claps vary by up to `jitter_db` around their level.
+    claps vary by up to `jitter_db` around their level. `clap_folds` (default: `folds`)
+    lets the claps come from other folds than everything else, so a model's false triggers
+    can be measured on held-out distractors even where those folds hold no isolated claps.
     """
     rng = np.random.default_rng(seed)
     folds = None if folds is None else tuple(folds)
-    claps = cut_single_claps(esc50_root, folds=folds)
+    clap_folds = folds if clap_folds is None else tuple(clap_folds)
+    claps = cut_single_claps(esc50_root, folds=clap_folds)
     knocks = cut_events(esc50_root, "door_wood_knock", folds=folds)
     backgrounds = load_backgrounds(esc50_root, folds=folds)
     if not claps or not backgrounds:

@@ -151,14 +151,19 @@ def test_verifier_margin_and_inactive_without_clap_label(caplog) -> None:
     s = ClapSettings()
     v = ClapVerifier(["clapping", "door_wood_knock", "footsteps", "dog", "rain"], s)
     assert v.active
-    assert not v.verify({"clapping": 0.2, "door_wood_knock": 0.7}).accepted
-    assert v.verify({"clapping": 0.6, "door_wood_knock": 0.7}).accepted  # within margin
-    assert v.verify({"clapping": 0.25, "door_wood_knock": 0.15}).accepted  # veto too weak
-    assert v.verify({"clapping": 0.25, "rain": 0.9}).accepted  # rain is not a veto label
-    assert not v.verify({"clapping": 0.25, "dog": 0.9}).accepted  # a bark is
+    assert not v.verify({"clapping": 0.35, "door_wood_knock": 0.7}).accepted
+    assert not v.verify({"clapping": 0.6, "door_wood_knock": 0.6}).accepted  # a tie vetoes
+    assert v.verify({"clapping": 0.61, "door_wood_knock": 0.6}).accepted
+    assert v.verify({"clapping": 0.35, "door_wood_knock": 0.29}).accepted  # veto too weak
+    assert v.verify({"clapping": 0.35, "rain": 0.9}).accepted  # rain is not a veto label
+    assert not v.verify({"clapping": 0.35, "dog": 0.9}).accepted  # a bark is
+    # A margin lets a veto label score higher than clapping by that much.
+    lenient = ClapVerifier(["clapping", "dog"], ClapSettings(veto_margin=0.2))
+    assert lenient.verify({"clapping": 0.6, "dog": 0.7}).accepted
+    assert not lenient.verify({"clapping": 0.45, "dog": 0.7}).accepted
     # Too little "clapping" rejects whatever the vetoes say; 0 turns that off.
-    low = v.verify({"clapping": 0.1, "rain": 0.9})
-    assert not low.accepted and low.reason == "clapping 0.10 < 0.20"
+    low = v.verify({"clapping": 0.25, "rain": 0.9})
+    assert not low.accepted and low.reason == "clapping 0.25 < 0.30"
     veto_only = ClapVerifier(["clapping", "rain"], ClapSettings(min_clap_score=0.0))
     assert veto_only.verify({"clapping": 0.0, "rain": 0.9}).accepted
     caplog.set_level("WARNING")

@@ -135,3 +135,23 @@ def test_doubtful_claps_within_the_level_range_keep_applause_going() -> None:
     out += g.push_doubtful(Clap(sample=int(1.4 * SR), level_db=-28.0))
     out += g.advance(int(4 * SR))
     assert [p.count for p in out] == [1]
+
+
+def test_soft_claps_between_loud_ones_make_applause_not_a_command() -> None:
+    # Real applause (ESC-50 fold 4): four loud claps with softer ones 7-8 dB below between
+    # and after them. The soft ones are outside the level range, so without counting them
+    # the loud four were decided as a sparse four-clap command.
+    times = [3.19, 3.34, 3.57, 3.74, 3.93, 4.15, 4.30, 4.56, 4.96]
+    levels = [-24.6, -20.6, -27.8, -19.3, -23.4, -26.5, -26.7, -20.7, -26.9]
+    out, _ = run(times, max_count=4, levels=levels)
+    assert out == []
+    out, _ = run(times, max_count=4, levels=levels, applause_companion_db=0.0)
+    assert [p.count for p in out] == [4]
+
+
+def test_a_clock_ticking_10_db_below_a_command_does_not_make_it_applause() -> None:
+    claps, ticks = [1.0, 1.3, 1.7, 2.3], [1.15, 1.5, 2.0, 2.6]
+    times = sorted(claps + ticks)
+    levels = [-20.0 if t in claps else -30.5 for t in times]
+    out, _ = run(times, max_count=4, levels=levels)
+    assert [p.count for p in out] == [4]

@@ -11,6 +11,7 @@ Typical run (ESC-50, fold 4 held out for validation):
 Isolated clap patterns (ESC-50's clapping is mostly applause), then fine-tuning on them:
 
     claudio-train synth-claps ../shared/data/esc50-16k-folds123 --out runs/synth-claps
+    claudio-train mine-patterns ../shared/data/esc50-16k-folds123 --out runs/mined
     claudio-train fit --cache runs/cache2 --out runs/se18-claps --init-from runs/se18/best.pt
 """
 
@@ -142,6 +143,40 @@ def synth_claps(
         seed=seed,
         force=force,
         min_above_floor_db=min_clap_margin_db,
+    )
+    typer.echo(report.summary())
+
+
+@app.command("mine-patterns")
+@_friendly
+def mine_patterns(
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="ESC-50 layout folder(s); clapping recordings are left out."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New ESC-50 layout folder to write.")],
+    replays: Annotated[
+        int, typer.Option(help="Times each recording is replayed over a random background.")
+    ] = 2,
+    max_per_recording: Annotated[
+        int, typer.Option(help="Patterns kept from one replay at most.")
+    ] = 2,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty --out folder.")
+    ] = False,
+) -> None:
+    """Write the clap patterns the daemon's detector finds in non-clap recordings, cut as
+    its clap check hears them, under the recording's own label (hard negatives)."""
+    from training.mine_patterns import mine_patterns as run_mine
+
+    report = run_mine(
+        list(data),
+        out,
+        seed=seed,
+        replays=replays,
+        max_per_recording=max_per_recording,
+        force=force,
     )
     typer.echo(report.summary())
 

@@ -404,7 +404,7 @@ def synth_claps(
         if not claps:
             log.warning("fold %s: no isolated claps found; no clips for this fold", fold)
             continue
-        names, backgrounds = _fold_backgrounds(recs, fold)
+        names, backgrounds = fold_backgrounds(recs, fold)
         rng = fold_rng(seed, fold)
         for i in range(per_fold):
             plan = draw_plan(rng, len(claps), len(backgrounds))
@@ -423,14 +423,23 @@ def synth_claps(
         log.info("fold %s: wrote %d clips", fold, per_fold)
     if not rows:
         raise ValueError("no isolated single claps found in any clapping recording")
+    write_meta(out, columns, rows, "synth_claps.json", {"seed": seed, "clips": recipes})
+    return report
+
+
+def write_meta(
+    out: Path,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, str]],
+    recipe_file: str,
+    recipes: dict[str, object],
+) -> None:
+    """meta/esc50.csv for the loaders, and a JSON file that traces every clip to its sources."""
     with (out / META).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    (out / "meta" / "synth_claps.json").write_text(
-        json.dumps({"seed": seed, "clips": recipes}, indent=1, sort_keys=True) + "\n"
-    )
-    return report
+    (out / "meta" / recipe_file).write_text(json.dumps(recipes, indent=1, sort_keys=True) + "\n")
 
 
 def _recipe(
@@ -446,7 +455,7 @@ def _recipe(
     }
 
 
-def _fold_backgrounds(recs: Sequence[Recording], fold: str) -> tuple[list[str], list[np.ndarray]]:
+def fold_backgrounds(recs: Sequence[Recording], fold: str) -> tuple[list[str], list[np.ndarray]]:
     """The fold's background recordings (names, live audio), in a fixed order."""
     names, audio = [], []
     for r in sorted(

@@ -13,7 +13,11 @@ Rules, all in samples so a replay gives the same answer as a live run:
   finished group becomes a `ClapPattern` with its count.
 * More claps in one group than the largest count any rule uses (`max_count`) is
   applause or rhythmic clapping, never a command: the group is dropped and every clap is
-  ignored until `applause_quiet_s` has passed without one.
+  ignored until `applause_quiet_s` has passed without one. Softer claps count towards
+  that too: a transient that passed the busy-background gate but is up to
+  `applause_companion_db` below the level range is not part of the pattern, yet it is
+  clapping. Real applause mixes loud and soft claps, and without this its loudest four,
+  with the soft ones between them ignored, looked like a sparse four-clap command.
 * A group that starts within `max_gap_s` of the last clap of a pattern just emitted is a
   continuation of that clapping, not a new command: it is treated as applause too.
 
@@ -48,6 +52,8 @@ class PatternGrouper:
 
     def reset(self) -> None:
         self._group: list[Clap] = []
+        #: Soft claps heard since the group started (see `applause_companion_db`).
+        self._companions = 0
         self._applause_last: int | None = None
         self._applause_level = -200.0
         self._emitted_last: int | None = None
@@ -103,6 +109,7 @@ class PatternGrouper:
                 return out
             self._applause_last = None  # far louder than the "applause": a real clap
         if not self._group:
+            self._companions = 0
             if (
                 self._emitted_last is not None
                 and clap.sample - self._emitted_last <= self._max_gap
@@ -114,9 +121,14 @@ class PatternGrouper:
             return out
         loudest = max(c.level_db for c in self._group)
         if clap.level_db < loudest - span:
+            if clap.level_db >= loudest - span - self.settings.applause_companion_db:
+                self._companions += 1
+                if len(self._group) + self._companions > self.max_count:
+                    self._start_applause(clap, loudest)
             return out
         if clap.level_db > loudest + span:
             self._group = [clap]  # what we were collecting was background
+            self._companions = 0
             return out
         gap = clap.sample - self._group[-1].sample
         if gap < self._min_gap:
@@ -124,6 +136,7 @@ class PatternGrouper:
         if gap > self._max_gap:
             out.extend(self._finish(clap.sample))
             self._group = [clap]
+            self._companions = 0
             return out
         self._group.append(clap)
         if len(self._group) > self.max_count:

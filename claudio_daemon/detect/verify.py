@@ -3,9 +3,9 @@
 The transient shape cannot tell every knock, click or footstep from a clap (on ESC-50
 many mouse clicks and heel steps are as sharp and bright as claps), but the classifier
 hears the whole pattern in context. It can reject a pattern in two ways: a veto label
-clearly beats "clapping", or "clapping" scores below `min_clap_score` (a model trained on
-isolated clap patterns gives real commands at least that). It never accepts a pattern the
-detector did not find.
+scores at least as high as "clapping" (plus `veto_margin`), or "clapping" scores below
+`min_clap_score` (a model trained on isolated clap patterns gives real commands at least
+that). It never accepts a pattern the detector did not find.
 """
 
 from __future__ import annotations
