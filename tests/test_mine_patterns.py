@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from claudio_daemon.detect.settings import ClapSettings
+from tests.esc50_helpers import copy_esc50_subset
 from training.cli import app
 from training.datasets import load_dataset
 from training.mine_patterns import MAX_COUNT, detected_patterns
@@ -39,18 +39,8 @@ LATE = ("4-117627-A-25.wav",)
 
 
 def _subset(src: Path, dst: Path, names: tuple[str, ...]) -> None:
-    with (src / "meta" / "esc50.csv").open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns, rows = reader.fieldnames or [], [r for r in reader if r["filename"] in names]
+    rows = copy_esc50_subset(src, dst, lambda rows: [r for r in rows if r["filename"] in names])
     assert len(rows) == len(names), f"{src}: missing some of {names}"
-    (dst / "audio").mkdir(parents=True)
-    (dst / "meta").mkdir()
-    for r in rows:
-        shutil.copy(src / "audio" / r["filename"], dst / "audio" / r["filename"])
-    with (dst / "meta" / "esc50.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _inputs(shared: Path, root: Path, leave_out: tuple[str, ...] = ()) -> list[Path]:

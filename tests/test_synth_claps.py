@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from tests.esc50_helpers import copy_esc50_subset
 from training.cli import app
 from training.datasets import load_dataset
 
@@ -28,26 +28,20 @@ RATE = 22050
 
 def _subset(src: Path, dst: Path, clapping: tuple[str, ...]) -> dict[str, str]:
     """Copy the clapping recordings and one rain and one clock_tick recording per fold."""
-    with (src / "meta" / "esc50.csv").open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns, rows = reader.fieldnames or [], list(reader)
-    folds = {r["fold"] for r in rows if r["filename"] in clapping}
-    keep, seen = [], set()
-    for r in sorted(rows, key=lambda r: r["filename"]):
-        bg = (r["fold"], r["category"])
-        if r["filename"] in clapping or (
-            r["fold"] in folds and r["category"] in BACKGROUND and bg not in seen
-        ):
-            keep.append(r)
-            seen.add(bg)
-    (dst / "audio").mkdir(parents=True)
-    (dst / "meta").mkdir()
-    for r in keep:
-        shutil.copy(src / "audio" / r["filename"], dst / "audio" / r["filename"])
-    with (dst / "meta" / "esc50.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(keep)
+
+    def pick(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        folds = {r["fold"] for r in rows if r["filename"] in clapping}
+        keep, seen = [], set()
+        for r in sorted(rows, key=lambda r: r["filename"]):
+            bg = (r["fold"], r["category"])
+            if r["filename"] in clapping or (
+                r["fold"] in folds and r["category"] in BACKGROUND and bg not in seen
+            ):
+                keep.append(r)
+                seen.add(bg)
+        return keep
+
+    keep = copy_esc50_subset(src, dst, pick)
     return {r["filename"]: r["fold"] for r in keep}
 
 

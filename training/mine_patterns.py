@@ -32,14 +32,12 @@ from claudio_daemon.detect.settings import ClapSettings
 from training.synth_claps import (
     CLAP_CATEGORY,
     CLAP_LEVEL_DB,
-    NOISE_DBFS,
     P_NO_BACKGROUND,
-    PEAK_LIMIT,
     SAMPLE_RATE,
     SNR_RANGE_DB,
     Recording,
     _fold_key,
-    background_level_db,
+    finish_mix,
     fold_backgrounds,
     load_22k,
     peak_window_db,
@@ -137,16 +135,8 @@ def room_mix(
     n = lead + len(event) + tail
     out = np.zeros(n, np.float64)
     out[lead : lead + len(event)] = event * 10 ** ((level_db - peak_window_db(event)) / 20)
-    if background is None:
-        out += rng.standard_normal(n) * 10 ** (NOISE_DBFS / 20)
-    else:
-        start = int(rng.integers(len(background)))
-        seg = np.tile(background, -(-(start + n) // len(background)))[start : start + n]
-        out += seg * 10 ** ((level_db - snr_db - background_level_db(background)) / 20)
-    peak = float(np.max(np.abs(out)))
-    if peak > PEAK_LIMIT:
-        out *= PEAK_LIMIT / peak
-    return out.astype(np.float32)
+    start = 0 if background is None else int(rng.integers(len(background)))
+    return finish_mix(out, background, start, level_db - snr_db, rng)
 
 
 def recording_rng(seed: int, name: str, replay: int) -> np.random.Generator:

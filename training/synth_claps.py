@@ -280,15 +280,27 @@ def render(
         gain = 10 ** ((CLAP_LEVEL_DB + jit - peak_window_db(c)) / 20)
         end = min(n, at + len(c))
         out[at:end] += c[: end - at] * gain
-    if plan.background is None:
+    bg = None if plan.background is None else backgrounds[plan.background]
+    start = 0 if bg is None else int(plan.background_offset * len(bg))
+    return finish_mix(out, bg, start, CLAP_LEVEL_DB - plan.snr_db, rng)
+
+
+def finish_mix(
+    out: np.ndarray,
+    background: np.ndarray | None,
+    start: int,
+    background_db: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Add the background (tiled from `start`, its loud moments at `background_db`) or
+    near-silence to a mix of events, and keep the peak below full scale."""
+    n = len(out)
+    if background is None:
         out += rng.standard_normal(n) * 10 ** (NOISE_DBFS / 20)
     else:
-        bg = backgrounds[plan.background]
-        start = int(plan.background_offset * len(bg))
-        seg = np.tile(bg, -(-(start + n) // len(bg)))[start : start + n]
+        seg = np.tile(background, -(-(start + n) // len(background)))[start : start + n]
         # Level from the whole live recording: a quiet stretch is not blown up to "SNR".
-        gain = 10 ** ((CLAP_LEVEL_DB - plan.snr_db - background_level_db(bg)) / 20)
-        out += seg * gain
+        out += seg * 10 ** ((background_db - background_level_db(background)) / 20)
     peak = float(np.max(np.abs(out)))
     if peak > PEAK_LIMIT:
         out *= PEAK_LIMIT / peak
