@@ -173,6 +173,24 @@ def test_verifier_margin_and_inactive_without_clap_label(caplog) -> None:
     assert "no 'clapping' label" in caplog.text
 
 
+def test_verifier_asks_for_clap_pattern_when_the_model_has_it() -> None:
+    """A model with a clap-pattern class answers "a command" with it; applause
+    (`clapping`) then neither confirms nor vetoes, unless the rules name it."""
+    labels = ["clapping", "door_wood_knock", "clap_pattern"]
+    v = ClapVerifier(labels, ClapSettings())
+    assert v.clap_label == "clap_pattern" and v.active
+    assert v.verify({"clap_pattern": 0.7, "clapping": 0.1, "door_wood_knock": 0.5}).accepted
+    low = v.verify({"clap_pattern": 0.2, "clapping": 0.95})
+    assert not low.accepted and low.reason == "clap_pattern 0.20 < 0.30"
+    assert not v.verify({"clap_pattern": 0.5, "door_wood_knock": 0.6}).accepted
+    # An explicit choice wins, and the clap label never vetoes itself.
+    chosen = ClapVerifier(labels, ClapSettings(clap_label="clapping", veto_labels=["clapping"]))
+    assert chosen.clap_label == "clapping" and chosen.veto_labels == ()
+    assert chosen.verify({"clapping": 0.6, "clap_pattern": 0.0}).accepted
+    # Older models only have ESC-50's clapping.
+    assert ClapVerifier(["clapping", "dog"], ClapSettings()).clap_label == "clapping"
+
+
 def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None:
     """The verifier is active for a real model whose metadata lists "clapping"."""
     import onnx

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.esc50_helpers import copy_esc50_subset
 from training.cli import app
-from training.datasets import load_dataset
+from training.datasets import load_dataset, load_datasets
 
 #: Clapping recordings with isolated claps (fold 2 and 3), one fold-4 recording at 44.1 kHz.
 CLAPPING = {
@@ -88,7 +88,9 @@ def test_clips_are_the_segment_the_daemon_classifies(synth: Path, inputs) -> Non
     recipes = {r["filename"]: r for r in clips}
     assert {r["filename"] for r in rows} == {p.name for p in (synth / "audio").iterdir()}
     assert set(recipes) == {r["filename"] for r in rows}
-    assert {r["category"] for r in rows} == {"clapping"} and {r["target"] for r in rows} == {"22"}
+    # A label of their own, numbered after every target of the inputs (clock_tick is 38).
+    assert {r["category"] for r in rows} == {"clap_pattern"}
+    assert {r["target"] for r in rows} == {"39"}
 
     folds = [r["fold"] for r in rows]
     assert {"2", "3"} <= set(folds) <= {"2", "3", "4"}
@@ -111,7 +113,22 @@ def test_clips_are_the_segment_the_daemon_classifies(synth: Path, inputs) -> Non
         assert 0.05 < np.max(np.abs(audio)) < 1.0  # audible, never clipped
 
     manifest = load_dataset(synth)
-    assert manifest.labels == ("clapping",) and len(manifest.items) == len(rows)
+    assert manifest.labels == ("clap_pattern",) and len(manifest.items) == len(rows)
+    # Merged after the recordings, the new label becomes the last output.
+    merged = load_datasets([*inputs[0], synth])
+    assert merged.labels == ("rain", "clapping", "clock_tick", "clap_pattern")
+
+
+def test_clips_can_be_listed_under_an_existing_label(synth: Path, inputs, tmp_path) -> None:
+    _synth(inputs, tmp_path / "as-clapping", 7, "--label", "clapping")
+    with (tmp_path / "as-clapping" / "meta" / "esc50.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["category"], r["target"]) for r in rows} == {("clapping", "22")}
+    # Only the listing differs (names carry the target): the same seed, the same audio.
+    def audio(out: Path) -> list[bytes]:
+        return [v for k, v in sorted(_files(out).items()) if k.startswith("audio/")]
+
+    assert audio(tmp_path / "as-clapping") == audio(synth)
 
 
 def test_same_seed_same_files_other_seed_other_files(synth: Path, inputs, tmp_path) -> None:

@@ -501,7 +501,7 @@ def test_precache_real_esc50_clips(shared_data: Path, tmp_path: Path) -> None:
     assert (top < peaks[8:] - CFG.top_db + 10).all()
 
 
-def test_merge_accepts_a_folder_with_part_of_the_vocabulary(tmp_path: Path) -> None:
+def test_merge_keeps_the_first_vocabulary_and_appends_new_labels(tmp_path: Path) -> None:
     from training.datasets import merge_manifests
 
     full = Manifest(
@@ -514,6 +514,17 @@ def test_merge_accepts_a_folder_with_part_of_the_vocabulary(tmp_path: Path) -> N
     merged = merge_manifests([full, claps])
     assert merged.labels == ("dog", "rain", "clapping")  # the first folder's output order
     assert [i.labels for i in merged.items] == [("dog",), ("rain",), ("clapping",)]
-    alien = Manifest((Item(tmp_path / "d.wav", ("siren",), "2"),), ("siren",), "other", False)
-    with pytest.raises(DatasetError, match="other: labels that esc50 does not have"):
-        merge_manifests([full, alien])
+    extra = Manifest(
+        (Item(tmp_path / "d.wav", ("siren",), "2"), Item(tmp_path / "e.wav", ("dog",), "2")),
+        ("siren", "dog"),
+        "other",
+        False,
+    )
+    more = Manifest((Item(tmp_path / "f.wav", ("bell",), "3"),), ("bell", "siren"), "more", False)
+    merged = merge_manifests([full, extra, more])
+    # New labels come after the first vocabulary, in the order they first appear, so a
+    # model trained on the first folder keeps its output positions.
+    assert merged.labels == ("dog", "rain", "clapping", "siren", "bell")
+    assert [i.labels for i in merged.items][-3:] == [("siren",), ("dog",), ("bell",)]
+    with pytest.raises(DatasetError, match="the same recording"):
+        merge_manifests([full, full])

@@ -198,6 +198,52 @@ def test_init_from_starts_a_new_run_from_earlier_weights(
     assert "normalisation mean" in caplog.text
 
 
+def test_init_from_a_model_with_fewer_labels_keeps_their_outputs(
+    dataset: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Adding a label (clap_pattern next to ESC-50's clapping) keeps what the base model
+    learnt: its output rows move to their labels, the new label's row starts fresh."""
+    from training.datasets import load_datasets
+
+    extra = tmp_path / "extra"
+    (extra / "audio").mkdir(parents=True)
+    (extra / "meta").mkdir()
+    rows = ["filename,fold,target,category"]
+    rng = np.random.default_rng(1)
+    for fold in (1, 2, 3):
+        name = f"{fold}-chirp.wav"
+        sf.write(extra / "audio" / name, _sound("tone", 22050, rng).astype(np.float32), 22050)
+        rows.append(f"{name},{fold},9,chirp")
+    (extra / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    wider = tmp_path / "cache4"
+    precache(load_datasets([dataset, extra]), wider, FrontEndConfig(), workers=0, progress=False)
+    compute_stats(wider, indices=Cache.open(wider).indices_for_folds(["1", "2"]))
+    assert Cache.open(wider).labels == (*KINDS, "chirp")
+
+    base = fit(cache_dir, _cfg(tmp_path / "a", max_steps=1, val_folds=()))
+    start = load_checkpoint(base.last_checkpoint)["model"]
+    # The same weights saved with the labels in another order: rows follow their label.
+    order = [2, 0, 1]
+    shuffled = {**start, "fc.weight": start["fc.weight"][order], "fc.bias": start["fc.bias"][order]}
+    init = _altered_checkpoint(
+        base.last_checkpoint, tmp_path / "s.pt", labels=[KINDS[i] for i in order], model=shuffled
+    )
+    run = fit(wider, _cfg(tmp_path / "b", max_steps=1, lr=1e-12, val_folds=(), init_from=init))
+    got = load_checkpoint(run.last_checkpoint)
+    assert got["labels"] == [*KINDS, "chirp"]
+    for key in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(got["model"][key][:3], start[key], rtol=0, atol=1e-9)
+        # The new row is a fresh Linear initialisation (uniform within 1/sqrt(fan_in)).
+        row, bound = got["model"][key][3], start["fc.weight"].shape[1] ** -0.5
+        assert 0 < float(row.abs().max()) <= bound + 1e-6
+    # Hidden weights too (not BatchNorm's running statistics: a training step moves them).
+    params = dict(create_model("simple_cnn", len(KINDS)).named_parameters())
+    hidden = [k for k in params if not k.startswith("fc.")]
+    assert hidden and all(
+        torch.allclose(got["model"][k], start[k], rtol=0, atol=1e-9) for k in hidden
+    )
+
+
 def test_cli_init_from(cache_dir: Path, trained, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["fit", "--cache", str(cache_dir), "--model", "simple_cnn", "--workers", "0"]

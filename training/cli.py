@@ -132,8 +132,15 @@ def synth_claps(
         float,
         typer.Option(help="A cut clap must be this far above its recording's noise floor (dB)."),
     ] = 25.0,
+    label: Annotated[
+        str,
+        typer.Option(
+            help="Label the clips are listed under: a new one (after the inputs' labels) "
+            "or one of theirs, e.g. clapping."
+        ),
+    ] = "clap_pattern",
 ) -> None:
-    """Write isolated clap-pattern clips (1-4 real claps over real backgrounds) as `clapping`."""
+    """Write isolated clap-pattern clips (1-4 real claps over real backgrounds)."""
     from training.synth_claps import synth_claps as run_synth
 
     report = run_synth(
@@ -143,6 +150,7 @@ def synth_claps(
         seed=seed,
         force=force,
         min_above_floor_db=min_clap_margin_db,
+        label=label,
     )
     typer.echo(report.summary())
 

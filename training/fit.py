@@ -14,6 +14,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -402,7 +403,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     if init_state is not None:
-        model.load_state_dict(init_state["model"])
+        transfer_weights(model, init_state["model"], init_state["labels"], labels)
         if dist.is_main:
             log.info(
                 "starting from the weights of %s (its step %s); new optimiser and schedule",
@@ -648,15 +649,22 @@ def check_init_compatible(
     frontend: FrontEndConfig,
     warn: bool = True,
 ) -> None:
-    """Weights only transfer to the same outputs, the same network and the same input
-    features. The normalisation stats may differ (the new training set has its own): the
-    first steps then adapt the weights to a slightly shifted input, so that only warns.
+    """Weights only transfer to the same network and the same input features, and every
+    output the checkpoint has must still be wanted; the cache may add labels (a new
+    output starts from scratch, see `transfer_weights`). The normalisation stats may
+    differ (the new training set has its own): the first steps then adapt the weights to a
+    slightly shifted input, so that only warns.
     """
     src = cfg.init_from
-    if list(ckpt["labels"]) != list(labels):
-        diff = sorted(set(ckpt["labels"]) ^ set(labels))[:5]
-        what = f"e.g. {diff}" if diff else "the same labels in another order"
-        raise ValueError(f"{src}: its labels differ from the cache's ({what}); cannot init from it")
+    missing = [lab for lab in ckpt["labels"] if lab not in labels]
+    if missing:
+        raise ValueError(
+            f"{src}: its labels differ from the cache's (e.g. {missing[:5]} are not in the "
+            "cache); cannot init from it"
+        )
+    added = [lab for lab in labels if lab not in ckpt["labels"]]
+    if added and warn:
+        log.info("%s: new output labels %s start from scratch", src, added[:5])
     theirs_model = (ckpt.get("model_name"), dict(ckpt.get("model_kwargs") or {}))
     if theirs_model != (cfg.model, dict(cfg.model_kwargs)):
         raise ValueError(
@@ -676,6 +684,52 @@ def check_init_compatible(
             frontend.mean,
             frontend.std,
         )
+
+
+def transfer_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    old_labels: Sequence[str],
+    new_labels: Sequence[str],
+) -> None:
+    """Load `state` into `model`, whose outputs are `new_labels` (a superset of
+    `old_labels`, in any order).
+
+    Why: adding a label (a clap-pattern class next to ESC-50's applause) should not cost
+    the base model's training. Output-layer rows move to their label's new position;
+    rows of new labels keep the model's fresh initialisation. Every other tensor must
+    match exactly.
+    """
+    rows = [list(new_labels).index(lab) for lab in old_labels]
+    own = model.state_dict()
+    if set(own) != set(state):
+        diff = sorted(set(own) ^ set(state))[:5]
+        raise ValueError(f"the checkpoint's weights do not fit the model (e.g. {diff})")
+    head = _output_layer(model, len(new_labels))
+    merged: dict[str, torch.Tensor] = {}
+    for key, mine in own.items():
+        theirs = state[key]
+        if key.rsplit(".", 1)[0] == head and theirs.shape == (len(old_labels), *mine.shape[1:]):
+            merged[key] = mine.clone()
+            merged[key][rows] = theirs.to(mine.dtype)
+        elif theirs.shape == mine.shape:
+            merged[key] = theirs
+        else:
+            raise ValueError(
+                f"the checkpoint's {key} has shape {tuple(theirs.shape)}, the model's "
+                f"{tuple(mine.shape)}"
+            )
+    model.load_state_dict(merged)
+
+
+def _output_layer(model: nn.Module, n_out: int) -> str | None:
+    """The layer that produces the label logits: the last Linear with one output per
+    label (not a hidden layer that happens to have that width)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == n_out:
+            last = name
+    return last
 
 
 def _warn_if_stats_not_from_training(cache_dir: Path, n_train: int, dist: DistInfo) -> None:

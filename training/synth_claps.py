@@ -34,7 +34,11 @@ from claudio_daemon.detect.settings import ClapSettings
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
+#: Where single claps are cut from (ESC-50's clapping, mostly applause).
 CLAP_CATEGORY = "clapping"
+#: What the clips are listed as by default: a label of their own, so the model learns
+#: "a clap command" apart from applause (the daemon's clap check asks for it).
+PATTERN_LABEL = "clap_pattern"
 #: The backgrounds the clap benchmark mixes claps over (bench/scenes.py uses this list).
 HOUSEHOLD_BACKGROUNDS: tuple[str, ...] = (
     "rain",
@@ -344,13 +348,15 @@ def load_22k(path: Path) -> np.ndarray:
     return np.asarray(x, np.float32)
 
 
-def clap_target(recs: Sequence[Recording]) -> int:
-    targets = {r.target for r in recs if r.category == CLAP_CATEGORY}
-    if not targets:
-        raise ValueError(f"no {CLAP_CATEGORY!r} recordings in the input folders")
+def label_target(recs: Sequence[Recording], label: str) -> int:
+    """ESC-50 layout wants an integer target per label: the inputs' own for one of their
+    categories, else the next free one (so the new label sorts after theirs)."""
+    targets = {r.target for r in recs if r.category == label}
     if len(targets) > 1:
-        raise ValueError(f"the input folders disagree on the target of clapping: {targets}")
-    return targets.pop()
+        raise ValueError(f"the input folders disagree on the target of {label}: {targets}")
+    if targets:
+        return targets.pop()
+    return max((r.target for r in recs), default=-1) + 1
 
 
 def prepare_out_dir(out: Path, inputs: Sequence[Path], force: bool) -> None:
@@ -382,8 +388,10 @@ def synth_claps(
     seed: int = 0,
     force: bool = False,
     min_above_floor_db: float = MIN_ABOVE_FLOOR_DB,
+    label: str = PATTERN_LABEL,
 ) -> SynthReport:
-    """Write `per_fold` clap-pattern clips for every fold that has usable single claps.
+    """Write `per_fold` clap-pattern clips, listed as `label`, for every fold that has
+    usable single claps.
 
     Besides meta/esc50.csv, meta/synth_claps.json records each clip's recipe (clap and
     background sources, gaps, SNR), so a clip can be traced back to its fold's recordings.
@@ -393,8 +401,12 @@ def synth_claps(
     if seed < 0:
         raise ValueError(f"seed must not be negative, got {seed}")
     inputs = [Path(p) for p in inputs]
+    if not label.strip() or "," in label:
+        raise ValueError(f"label must be a non-empty name without commas, got {label!r}")
     recs, columns = read_recordings(inputs)
-    target = clap_target(recs)
+    if not any(r.category == CLAP_CATEGORY for r in recs):
+        raise ValueError(f"no {CLAP_CATEGORY!r} recordings in the input folders")
+    target = label_target(recs, label)
     prepare_out_dir(out, inputs, force)
     report = SynthReport(out_dir=out)
     rows: list[dict[str, str]] = []
@@ -424,7 +436,7 @@ def synth_claps(
             name = f"{fold}-synthclap{i:04d}-A-{target}.wav"
             sf.write(out / "audio" / name, audio, SAMPLE_RATE, subtype="PCM_16")
             row = {c: source_rows[plan.claps[0]].get(c, "") for c in columns}
-            row.update(filename=name, fold=fold, target=str(target), category=CLAP_CATEGORY)
+            row.update(filename=name, fold=fold, target=str(target), category=label)
             if "src_file" in row:
                 row["src_file"] = f"synthclap{fold}{i:04d}"
             if "take" in row:

@@ -7,6 +7,8 @@ file (`claudio_daemon.calibrate.model`) is an improvement, not a requirement.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pydantic import Field, model_validator
 
 from claudio_daemon.config_base import StrictModel
@@ -15,6 +17,11 @@ from claudio_daemon.config_base import StrictModel
 # "clapping", and calls two or three isolated claps a ticking clock or typing, so those
 # vetoes rejected most real patterns at 10 dB SNR (bench/claps.py: 2-4 clap recall 0.33
 # with them, 0.59 without, for 66 instead of 27 false triggers an hour).
+#: Labels that mean a clap command, best first: `clap_pattern` is what
+#: `claudio-train synth-claps` lists isolated clap patterns as (a class of their own, apart
+#: from applause); ESC-50's `clapping` is mostly applause but the only choice of older models.
+CLAP_LABELS: tuple[str, ...] = ("clap_pattern", "clapping")
+
 DEFAULT_VETO_LABELS: tuple[str, ...] = (
     "door_wood_knock",
     "footsteps",
@@ -204,13 +211,14 @@ class ClapSettings(StrictModel):
     confirm_with_classifier: bool = Field(
         True,
         description="Ask the sound classifier about each pattern's audio and reject it when "
-        "a veto label scores at least as high as 'clapping' (see veto_margin).",
+        "a veto label scores at least as high as the clap label (see veto_margin).",
     )
-    clap_label: str = Field(
-        "clapping",
+    clap_label: str | None = Field(
+        None,
         min_length=1,
         max_length=100,
-        description="The classifier label that means hand claps.",
+        description="The classifier label that means a clap command; unset: the first of "
+        f"{', '.join(CLAP_LABELS)} the model has.",
     )
     veto_labels: list[str] = Field(
         default_factory=lambda: list(DEFAULT_VETO_LABELS),
@@ -249,6 +257,13 @@ class ClapSettings(StrictModel):
         le=5.0,
         description="Audio before the first and after the last clap handed to the classifier.",
     )
+
+    def clap_label_for(self, labels: Iterable[str]) -> str:
+        """The clap label to ask a model with these labels for (it may not have it)."""
+        if self.clap_label is not None:
+            return self.clap_label
+        have = set(labels)
+        return next((lab for lab in CLAP_LABELS if lab in have), CLAP_LABELS[-1])
 
     @model_validator(mode="after")
     def _check_gaps(self) -> ClapSettings:

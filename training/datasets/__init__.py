@@ -61,27 +61,25 @@ def load_dataset(root: str | Path, layout: str = "auto", split: str = "dev") -> 
 
 def merge_manifests(manifests: list[Manifest]) -> Manifest:
     """One dataset from several folders of the same kind (ESC-50 folds 1-3 at 16 kHz and
-    fold 4 at 44.1 kHz, say). The first folder's vocabulary is the model's output order;
-    later folders may use only part of it (`claudio-train synth-claps` writes `clapping`
-    alone), never a label it lacks."""
+    fold 4 at 44.1 kHz, say). The first folder's vocabulary keeps the model's output order,
+    so a model trained on it can be extended; later folders may use part of it
+    (`claudio-train mine-patterns` writes a few labels) and may add labels of their own
+    (`claudio-train synth-claps` writes `clap_pattern`), which come after it in the order
+    they first appear."""
     if not manifests:
         raise DatasetError("no datasets to merge")
     first = manifests[0]
-    for other in manifests[1:]:
-        unknown = sorted(set(other.labels) - set(first.labels))
-        if unknown:
-            raise DatasetError(
-                f"{other.name}: labels that {first.name} does not have (e.g. {unknown[:5]}); "
-                "a later dataset may only use labels of the first one"
-            )
     if len(manifests) == 1:
         return first
+    labels = list(first.labels)
+    for other in manifests[1:]:
+        labels += [lab for lab in other.labels if lab not in labels]
     items = tuple(item for m in manifests for item in m.items)
     paths = [item.path for item in items]
     if len(set(paths)) != len(paths):
         raise DatasetError("the same recording appears in two of the datasets")
     name = "+".join(m.name for m in manifests)
-    return Manifest(items, first.labels, name, any(m.multi_label for m in manifests))
+    return Manifest(items, tuple(labels), name, any(m.multi_label for m in manifests))
 
 
 def load_datasets(
