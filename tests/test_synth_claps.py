@@ -129,6 +129,9 @@ def test_clips_can_be_listed_under_an_existing_label(synth: Path, inputs, tmp_pa
         return [v for k, v in sorted(_files(out).items()) if k.startswith("audio/")]
 
     assert audio(tmp_path / "as-clapping") == audio(synth)
+    res = _run(*inputs[0], "--out", tmp_path / "blank", "--label", " ")
+    assert res.exit_code == 2 and "label must be a non-empty name" in res.stderr
+    assert not (tmp_path / "blank").exists()
 
 
 def test_same_seed_same_files_other_seed_other_files(synth: Path, inputs, tmp_path) -> None:

@@ -108,6 +108,7 @@ def detected_patterns(
     def capture(segment: np.ndarray) -> dict[str, float]:
         # Called while the pattern is being decided: the ring still holds its audio.
         found.append(MinedPattern(np.asarray(segment, np.float32), 0, 0, ()))
+        # Full marks for the clap label the check will ask for, so every pattern passes.
         return {settings.clap_label_for(()): 1.0}
 
     listener = ClapListener(settings, SAMPLE_RATE, max_count, classify=capture)

@@ -13,15 +13,15 @@ from pydantic import Field, model_validator
 
 from claudio_daemon.config_base import StrictModel
 
-# Not "clock_tick" or "keyboard_typing": an ESC-50 model has only heard applause as
-# "clapping", and calls two or three isolated claps a ticking clock or typing, so those
-# vetoes rejected most real patterns at 10 dB SNR (bench/claps.py: 2-4 clap recall 0.33
-# with them, 0.59 without, for 66 instead of 27 false triggers an hour).
 #: Labels that mean a clap command, best first: `clap_pattern` is what
 #: `claudio-train synth-claps` lists isolated clap patterns as (a class of their own, apart
 #: from applause); ESC-50's `clapping` is mostly applause but the only choice of older models.
 CLAP_LABELS: tuple[str, ...] = ("clap_pattern", "clapping")
 
+# Not "clock_tick" or "keyboard_typing": an ESC-50 model has only heard applause as
+# "clapping", and calls two or three isolated claps a ticking clock or typing, so those
+# vetoes rejected most real patterns at 10 dB SNR (bench/claps.py: 2-4 clap recall 0.33
+# with them, 0.59 without, for 66 instead of 27 false triggers an hour).
 DEFAULT_VETO_LABELS: tuple[str, ...] = (
     "door_wood_knock",
     "footsteps",
