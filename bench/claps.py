@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from bench import scenes as sc  # noqa: E402
 from bench.baseline import ThresholdClapCounter, threshold_from_claps  # noqa: E402
+from bench.intervals import rate_interval, wilson_interval  # noqa: E402
 from claudio_daemon.events import ClapPattern  # noqa: E402
 
 log = logging.getLogger("bench.claps")
@@ -204,6 +205,7 @@ def summarise(results: list[SceneResult]) -> dict:
             "snr_db": key[1],
             "scenes": n_scenes.get(key, 0),
             **_prf(tp[key], fp[key], fn[key]),
+            "recall_ci95": wilson_interval(tp[key], tp[key] + fn[key]),
         }
     per_snr = {}
     for snr in sorted({k[1] for k in n_scenes}, reverse=True):
@@ -232,6 +234,7 @@ def summarise(results: list[SceneResult]) -> dict:
             "total": total,
             "hours": hours,
             "per_hour": total / hours if hours else 0.0,
+            "per_hour_ci95": rate_interval(total, hours) if hours else None,
             "by_kind": {
                 k: {"triggers": triggers[k], "per_hour": triggers[k] / (seconds[k] / 3600)}
                 for k in sorted(triggers)
@@ -250,6 +253,11 @@ def summarise(results: list[SceneResult]) -> dict:
 
 def _f(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(false_triggers: dict) -> str:
+    ci = false_triggers.get("per_hour_ci95")
+    return "" if ci is None else f" ({ci[0]:.1f}-{ci[1]:.1f})"
 
 
 def markdown_table(summary: dict[str, dict], header: str = "") -> str:
@@ -295,9 +303,10 @@ def markdown_table(summary: dict[str, dict], header: str = "") -> str:
             f"{bv['per_hour']:.1f} |"
         )
     lines.append(
-        f"| **all** | {cf['total']} | **{cf['per_hour']:.1f}** | {bf['total']} | "
-        f"{bf['per_hour']:.1f} |"
+        f"| **all** | {cf['total']} | **{cf['per_hour']:.1f}**{_ci(cf)} | {bf['total']} | "
+        f"{bf['per_hour']:.1f}{_ci(bf)} |"
     )
+    lines += ["", "Per hour: 95 % interval (exact Poisson) in brackets."]
     cl, bl = c["latency_s"], b["latency_s"]
     lines += [
         "",

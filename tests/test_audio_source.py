@@ -188,7 +188,7 @@ def _capture(mic: MicSource, out: list[AudioBlock]) -> threading.Thread:
     return th
 
 
-def _wait_for_audio(blocks: list[AudioBlock], timeout: float = 10.0) -> None:
+def _wait_for_audio(blocks: list[AudioBlock], timeout: float = 30.0) -> None:
     """The stream is open once blocks flow; a loaded machine may take a while."""
     deadline = time.monotonic() + timeout
     while not blocks and time.monotonic() < deadline:

@@ -77,6 +77,10 @@ def test_scoring_exact_wrong_and_false_triggers() -> None:
     # One 2-clap pattern in 36 s of "no command" audio (the 1-clap one is not a command).
     assert s["false_triggers"]["total"] == 1
     assert s["false_triggers"]["per_hour"] == pytest.approx(100.0)
+    lo, hi = s["false_triggers"]["per_hour_ci95"]
+    assert lo < 100.0 < hi and hi == pytest.approx(5.5716 * 100.0, rel=1e-3)
+    lo, hi = s["cells"]["2@10"]["recall_ci95"]
+    assert 0.0 < lo < 0.5 < hi < 1.0
 
 
 def test_benchmark_runs_both_systems_on_the_same_scenes(shared_data, tmp_path, tiny_onnx_model):

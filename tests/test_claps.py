@@ -254,3 +254,31 @@ def test_voiced_bursts_are_not_claps_even_over_a_hum() -> None:
     x = scene([1.0, 1.5], 3.0) + hum
     cands = ClapDetector(ClapSettings(), SR).push(x + 0.001 * rng.standard_normal(x.size))
     assert len(cands) == 2 and all(c.periodicity < 0.4 and c.is_clap for c in cands)
+
+
+def _with_burst(at_s: float, level: float) -> np.ndarray:
+    x = scene([1.0, 1.4], 3.5)
+    b = voiced_burst(np.random.default_rng(0), level=level)
+    i = int(at_s * SR)
+    x[i : i + len(b)] += b
+    return x
+
+
+def test_claps_that_are_part_of_a_longer_sound_are_not_a_command(caplog) -> None:
+    # A voiced "ha" (not clap-shaped, never a clap itself) right after or before two
+    # claps and nearly as loud: the claps were the clean part of a longer sound.
+    for at_s, side in ((1.55, "after"), (0.8, "before")):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="claudio_daemon.detect.patterns"):
+            out, listener = run_listener(_with_burst(at_s, 1.0), fixed(1024))
+        (burst,) = [c for c in listener.candidates if not c.is_clap]
+        claps = [c for c in listener.candidates if c.is_clap]
+        assert len(claps) == 2 and burst.level_db > max(c.level_db for c in claps) - 3
+        assert out == []
+        assert "2 claps dropped: another sound" in caplog.text and side in caplog.text
+    # Farther away, or clearly softer, it is background: the command stands.
+    assert [p.count for p in run_listener(_with_burst(1.75, 1.0), fixed(1024))[0]] == [2]
+    assert [p.count for p in run_listener(_with_burst(1.55, 0.6), fixed(1024))[0]] == [2]
+    # isolation_s 0 turns the test off.
+    out, _ = run_listener(_with_burst(1.55, 1.0), fixed(1024), isolation_s=0.0)
+    assert [p.count for p in out] == [2]

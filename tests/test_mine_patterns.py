@@ -144,7 +144,8 @@ def test_mined_clips_are_labelled_negatives_in_their_folds(mined: Path, inputs) 
     assert max(per_replay.values()) <= 2
     # Both folds and several classes yield clips (these recordings were picked for it).
     assert {r["fold"] for r in rows} == {"1", "4"}
-    assert {"mouse_click", "can_opening"} <= {r["category"] for r in rows}
+    categories = {r["category"] for r in rows}
+    assert len(categories) >= 3 and "mouse_click" in categories
     manifest = load_dataset(mined)
     assert len(manifest.items) == len(rows)
 

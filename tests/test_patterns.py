@@ -155,3 +155,32 @@ def test_a_clock_ticking_10_db_below_a_command_does_not_make_it_applause() -> No
     levels = [-20.0 if t in claps else -30.5 for t in times]
     out, _ = run(times, max_count=4, levels=levels)
     assert [p.count for p in out] == [4]
+
+
+def test_claps_growing_louder_beyond_the_level_range_are_not_a_command() -> None:
+    # Steps coming closer: each within 6 dB of the loudest so far, 8 dB from first to last.
+    out, g = run([1.0, 1.5, 2.0], levels=[-28.0, -24.5, -20.0], until_s=2.5)
+    assert out == [] and g.in_applause
+    # Within the range from first to last it is a command.
+    out, _ = run([1.0, 1.5, 2.0], levels=[-25.0, -22.0, -20.0])
+    assert [p.count for p in out] == [3]
+    # A clap far louder than the ignored run still starts a command.
+    out, _ = run([1.0, 1.5, 2.0, 2.6, 3.0], levels=[-38.0, -34.5, -30.0, -20.0, -20.0])
+    assert [p.count for p in out] == [2]
+
+
+def test_isolation_waits_for_its_window_and_checks_both_sides() -> None:
+    g = PatternGrouper(ClapSettings(isolation_s=0.5), SR, 2)
+    for t in (1.0, 1.2):
+        g.note_transient(int(t * SR), -20.0)
+        g.push_clap(Clap(int(t * SR), -20.0))
+    # The max-count guard alone would decide 0.26 s after the last clap.
+    assert g.deadline() == int(1.2 * SR) + int(0.5 * SR)
+    g.note_transient(int(1.6 * SR), -22.0)  # 0.4 s after, 2 dB softer
+    assert g.advance(int(1.8 * SR)) == []
+    g = PatternGrouper(ClapSettings(isolation_s=0.5), SR, 2)
+    g.note_transient(int(0.6 * SR), -24.0)  # before the first clap but 4 dB softer
+    for t in (1.0, 1.2):
+        g.note_transient(int(t * SR), -20.0)
+        g.push_clap(Clap(int(t * SR), -20.0))
+    assert [p.count for p in g.advance(int(1.8 * SR))] == [2]

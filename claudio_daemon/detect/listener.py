@@ -103,6 +103,7 @@ class ClapListener:
                     del self.candidates[:128]
                 group = {c.sample for c in self.grouper.pending}
                 admitted = self.gate.admit(cand, exclude=group)
+                self.grouper.note_transient(cand.sample, cand.level_db)
                 if cand.is_clap:
                     push = self.grouper.push_clap if admitted else self.grouper.push_doubtful
                     out.extend(self._decide(push(cand.to_clap())))

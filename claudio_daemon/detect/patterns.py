@@ -20,6 +20,13 @@ Rules, all in samples so a replay gives the same answer as a live run:
   with the soft ones between them ignored, looked like a sparse four-clap command.
 * A group that starts within `max_gap_s` of the last clap of a pattern just emitted is a
   continuation of that clapping, not a new command: it is treated as applause too.
+* Claps of one pattern lie within `level_range_db` of each other: a group that grows
+  louder clap by clap beyond that (steps coming closer, a dog working itself up) is not a
+  command and is ignored like applause.
+* A command stands alone: a transient of any shape (`note_transient`) within
+  `isolation_s` before the first clap or after the last, at most `isolation_db` quieter
+  than the loudest clap, means the claps are the clean-looking part of a longer sound (a
+  step between two heel strikes, a laugh, the edge of applause); the group is dropped.
 
 Deciding at the largest count versus applause: a group that reaches `max_count` can only
 grow into applause, so waiting the full end silence is pointless, but deciding at the very
@@ -33,8 +40,13 @@ instead of always `end_silence_s`.
 
 from __future__ import annotations
 
+import logging
+from collections import deque
+
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.events import Clap, ClapPattern
+
+log = logging.getLogger(__name__)
 
 
 class PatternGrouper:
@@ -47,6 +59,7 @@ class PatternGrouper:
         self._max_gap = int(round(settings.max_gap_s * sample_rate))
         self._end_silence = int(round(settings.end_silence_s * sample_rate))
         self._quiet = int(round(settings.applause_quiet_s * sample_rate))
+        self._isolation = int(round(settings.isolation_s * sample_rate))
         self.set_max_count(max_count)
         self.reset()
 
@@ -58,12 +71,16 @@ class PatternGrouper:
         self._applause_level = -200.0
         self._emitted_last: int | None = None
         self._emitted_level = -200.0
+        #: Every transient (onset sample, level) recent enough to neighbour a group.
+        self._transients: deque[tuple[int, float]] = deque()
 
     def set_max_count(self, n: int) -> None:
         """The largest clap count any rule uses (the rules may change at run time)."""
         if n < 1:
             raise ValueError(f"max_count must be at least 1, got {n}")
         self.max_count = int(n)
+        # Long enough to reach back from a decision to before the group's first clap.
+        self._horizon = self._isolation + (self.max_count + 1) * self._max_gap + self._end_silence
 
     @property
     def in_applause(self) -> bool:
@@ -78,9 +95,9 @@ class PatternGrouper:
         if not self._group:
             return None
         last = self._group[-1].sample
-        if len(self._group) >= self.max_count:
-            return last + self._guard()
-        return last + self._end_silence
+        wait = self._guard() if len(self._group) >= self.max_count else self._end_silence
+        # The isolation window after the last clap must have been heard.
+        return last + max(wait, self._isolation)
 
     def _guard(self) -> int:
         s = self.settings
@@ -96,6 +113,30 @@ class PatternGrouper:
         self._group = []
         self._applause_last = clap.sample
         self._applause_level = max(level, clap.level_db)
+
+    def note_transient(self, sample: int, level_db: float) -> None:
+        """Every onset the detector measured, clap-shaped or not, in time order and before
+        it is pushed as a clap (the isolation test needs the neighbours of a group)."""
+        self._transients.append((int(sample), float(level_db)))
+        while self._transients and self._transients[0][0] < sample - self._horizon:
+            self._transients.popleft()
+
+    def _crowded(self, group: list[Clap]) -> tuple[float, float] | None:
+        """(seconds from the group, dB below its loudest clap) of a transient that shows
+        the group is part of a longer sound, or None when it stands alone."""
+        if self._isolation <= 0:
+            return None
+        own = {c.sample for c in group}
+        loud = max(c.level_db for c in group)
+        first, last = group[0].sample, group[-1].sample
+        for t, level in self._transients:
+            if t in own or level < loud - self.settings.isolation_db:
+                continue
+            if first - self._isolation <= t < first:
+                return (t - first) / self.sample_rate, loud - level
+            if last < t <= last + self._isolation:
+                return (t - last) / self.sample_rate, loud - level
+        return None
 
     def push_clap(self, clap: Clap) -> list[ClapPattern]:
         out = self.advance(clap.sample)
@@ -138,6 +179,12 @@ class PatternGrouper:
             self._group = [clap]
             self._companions = 0
             return out
+        if clap.level_db - min(c.level_db for c in self._group) > span:
+            # Louder step by step (within the range of the loudest so far, yet beyond it
+            # from the first): steps coming closer or a dog working itself up, not a
+            # command. Ignore the run like applause; a much louder clap still breaks out.
+            self._start_applause(clap, clap.level_db)
+            return out
         self._group.append(clap)
         if len(self._group) > self.max_count:
             self._start_applause(clap, loudest)
@@ -173,6 +220,17 @@ class PatternGrouper:
     def _finish(self, now_sample: int) -> list[ClapPattern]:
         group, self._group = self._group, []
         if not group or len(group) > self.max_count:
+            return []
+        crowded = self._crowded(group)
+        if crowded is not None:
+            dt, below = crowded
+            log.info(
+                "%d claps dropped: another sound %.2f s %s them, only %.1f dB softer",
+                len(group),
+                abs(dt),
+                "before" if dt < 0 else "after",
+                below,
+            )
             return []
         self._emitted_last = group[-1].sample
         self._emitted_level = max(c.level_db for c in group)
