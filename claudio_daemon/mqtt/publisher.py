@@ -62,6 +62,11 @@ from claudio_daemon.mqtt.topics import OFFLINE, ONLINE, STATE_OFF, STATE_ON, Top
 
 log = logging.getLogger(__name__)
 
+
+def _drop_not_connected(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Client is not connected")
+
+
 ClientFactory = Callable[[MqttSettings], mqtt.Client]
 CommandHandler = Callable[[RemoteCommand], None]
 
@@ -353,8 +358,15 @@ class MqttPublisher:
         self._wake.set()
         if self._sender is not None:
             self._sender.join(timeout=2.0)
-        client.disconnect()
-        client.loop_stop()
+        # paho's network thread may run once more after DISCONNECT has closed the socket and
+        # logs that as an error; on the way out it is expected, not news for the journal.
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        paho_log.addFilter(_drop_not_connected)
+        try:
+            client.disconnect()
+            client.loop_stop()
+        finally:
+            paho_log.removeFilter(_drop_not_connected)
         self._connected.clear()
         log.info("MQTT: disconnected")
         return delivered
