@@ -354,6 +354,24 @@ def test_cli_end_to_end(dataset: Path, tmp_path: Path) -> None:
     assert out["model_kind"] == "onnx"
 
 
+def test_fit_refuses_stats_that_saw_the_held_out_fold(dataset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    precache_args = ["precache", str(dataset), "--cache", str(cache), "--workers", "0"]
+    assert runner.invoke(app, precache_args).exit_code == 0
+    assert runner.invoke(app, ["stats", "--cache", str(cache)]).exit_code == 0
+    assert json.loads((cache / "stats.json").read_text())["folds"] == ["1", "2", "3"]
+    fit_args = ["fit", "--cache", str(cache), "--out", str(tmp_path / "run"), "--model",
+                "simple_cnn", "--epochs", "1", "--batch-size", "4", "--workers", "0"]  # fmt: skip
+    res = runner.invoke(app, [*fit_args, "--val-fold", "3"])
+    assert res.exit_code == 2 and "include held-out fold(s) 3" in res.stderr
+    assert f"claudio-train stats --cache {cache} --exclude 3" in res.stderr
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert runner.invoke(app, ["stats", "--cache", str(cache), "--exclude", "3"]).exit_code == 0
+    assert json.loads((cache / "stats.json").read_text())["folds"] == ["1", "2"]
+    assert runner.invoke(app, [*fit_args, "--val-fold", "3"]).exit_code == 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

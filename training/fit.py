@@ -325,7 +325,8 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     train_idx = np.asarray(train_idx)
     if len(train_idx) == 0:
         raise ValueError(f"{cache_dir}: no training clips left after holding out folds")
-    if _ensure_stats(cache_dir, train_idx, dist):
+    train_folds = [cache.items[i].fold for i in train_idx]
+    if _ensure_stats(cache_dir, train_idx, train_folds, dist):
         cache = Cache.open(cache_dir)  # re-open so the datasets normalise with the new stats
     frontend = cache.frontend
     if resume_state is not None:
@@ -337,7 +338,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
             raise ValueError(
                 f"{cache_dir}: front end or stats.json changed since the checkpoint; cannot resume"
             )
-    _warn_if_stats_not_from_training(cache_dir, len(train_idx), dist)
+    _check_stats_from_training(cache_dir, len(train_idx), (*cfg.val_folds, *cfg.test_folds), dist)
     init_state: dict[str, Any] | None = None
     if cfg.init_from and resume_state is None:
         init_state = load_checkpoint(cfg.init_from, map_location="cpu")
@@ -732,11 +733,25 @@ def _output_layer(model: nn.Module, n_out: int) -> str | None:
     return last
 
 
-def _warn_if_stats_not_from_training(cache_dir: Path, n_train: int, dist: DistInfo) -> None:
+def _check_stats_from_training(
+    cache_dir: Path, n_train: int, held_out: Sequence[str], dist: DistInfo
+) -> None:
+    """Statistics that saw a held-out fold are refused (they leak it into the input
+    scaling); a clip count that differs from the training set's is only warned about, since
+    older stats.json files do not say which folds they cover."""
     try:
-        n_items = json.loads((cache_dir / "stats.json").read_text()).get("n_items")
+        record = json.loads((cache_dir / "stats.json").read_text())
     except (OSError, ValueError):
         return
+    seen = {str(f) for f in record.get("folds") or ()}
+    leaked = sorted(seen & {str(f) for f in held_out})
+    if leaked:
+        raise ValueError(
+            f"{cache_dir / 'stats.json'} was computed over folds {', '.join(sorted(seen))}, "
+            f"which include held-out fold(s) {', '.join(leaked)}: run `claudio-train stats "
+            f"--cache {cache_dir} --exclude {' --exclude '.join(leaked)}` first"
+        )
+    n_items = record.get("n_items")
     if dist.is_main and n_items is not None and int(n_items) != n_train:
         log.warning(
             "stats.json was computed over %s clips but %d are used for training; use "
@@ -747,7 +762,9 @@ def _warn_if_stats_not_from_training(cache_dir: Path, n_train: int, dist: DistIn
         )
 
 
-def _ensure_stats(cache_dir: Path, train_idx: np.ndarray, dist: DistInfo) -> bool:
+def _ensure_stats(
+    cache_dir: Path, train_idx: np.ndarray, train_folds: Sequence[str], dist: DistInfo
+) -> bool:
     """Normalisation statistics must come from training clips only; compute them if the
     cache has none yet (rank 0 writes, the others wait). True when they were computed."""
     if (cache_dir / "stats.json").is_file():
@@ -760,7 +777,7 @@ def _ensure_stats(cache_dir: Path, train_idx: np.ndarray, dist: DistInfo) -> boo
             cache_dir,
             len(train_idx),
         )
-        compute_stats(cache_dir, indices=train_idx)
+        compute_stats(cache_dir, indices=train_idx, folds=train_folds)
     if dist.enabled:
         torch.distributed.barrier()
     return True

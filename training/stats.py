@@ -50,12 +50,17 @@ def running_stats(
 
 
 def compute_stats(
-    cache_dir: str | Path, indices: Sequence[int] | np.ndarray | None = None, chunk: int = 128
+    cache_dir: str | Path,
+    indices: Sequence[int] | np.ndarray | None = None,
+    chunk: int = 128,
+    folds: Sequence[str] | None = None,
 ) -> tuple[float, float]:
-    """Compute and write stats.json {"mean", "std", "n_items"}; returns (mean, std).
+    """Compute and write stats.json {"mean", "std", "n_items"[, "folds"]}; returns
+    (mean, std).
 
     `Cache.open` then returns a front end carrying these scalars (cfg.with_stats), which is
-    what the exported model's metadata and the daemon use.
+    what the exported model's metadata and the daemon use. `folds`, the folds of the clips
+    used, is recorded so that `fit` can refuse statistics that saw a held-out fold.
     """
     cache_dir = Path(cache_dir)
     mels = np.load(cache_dir / MELS, mmap_mode="r")
@@ -68,6 +73,9 @@ def compute_stats(
     if not std > 0:
         raise ValueError(f"{cache_dir}: the selected log-mels are constant (std 0)")
     tmp = cache_dir / (STATS + ".tmp")
-    tmp.write_text(json.dumps({"mean": mean, "std": std, "n_items": n_items}, indent=1))
+    record: dict[str, object] = {"mean": mean, "std": std, "n_items": n_items}
+    if folds is not None:
+        record["folds"] = sorted({str(f) for f in folds})
+    tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, cache_dir / STATS)
     return mean, std
