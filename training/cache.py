@@ -325,6 +325,10 @@ class Cache:
     def folds(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(item.fold for item in self.items))
 
+    def folds_of(self, indices: Iterable[int]) -> tuple[str, ...]:
+        """The folds these rows belong to, each once, in first-seen order."""
+        return tuple(dict.fromkeys(self.items[int(i)].fold for i in indices))
+
     def indices_for_folds(self, folds: Iterable[str]) -> np.ndarray:
         """Row numbers of the items in these folds, ascending."""
         wanted = {str(f) for f in folds}

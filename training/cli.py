@@ -212,7 +212,7 @@ def stats(
     idx = np.array([i for i in idx if c.items[i].fold not in drop], dtype=np.int64)
     if idx.size == 0:
         _fail(f"{cache}: no clips left with folds={_folds(folds)} exclude={sorted(drop)}")
-    mean, std = compute_stats(cache, indices=idx, folds=[c.items[i].fold for i in idx])
+    mean, std = compute_stats(cache, indices=idx, folds=c.folds_of(idx))
     typer.echo(
         f"mean {mean:.4f} dB, std {std:.4f} dB over {idx.size} clips -> {cache / 'stats.json'}"
     )

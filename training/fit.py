@@ -325,8 +325,7 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     train_idx = np.asarray(train_idx)
     if len(train_idx) == 0:
         raise ValueError(f"{cache_dir}: no training clips left after holding out folds")
-    train_folds = [cache.items[i].fold for i in train_idx]
-    if _ensure_stats(cache_dir, train_idx, train_folds, dist):
+    if _ensure_stats(cache_dir, train_idx, cache.folds_of(train_idx), dist):
         cache = Cache.open(cache_dir)  # re-open so the datasets normalise with the new stats
     frontend = cache.frontend
     if resume_state is not None:

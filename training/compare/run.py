@@ -370,7 +370,7 @@ def compare(
         )
     if not len(test):
         log.warning("no test folds: scoring on the validation folds (optimistic)")
-    compute_stats(cache_dir, indices=train, folds=[cache.items[i].fold for i in train])
+    compute_stats(cache_dir, indices=train, folds=cache.folds_of(train))
     cache = Cache.open(cache_dir)
     from training.audio import load_clip
 
