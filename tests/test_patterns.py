@@ -184,3 +184,32 @@ def test_isolation_waits_for_its_window_and_checks_both_sides() -> None:
         g.note_transient(int(t * SR), -20.0)
         g.push_clap(Clap(int(t * SR), -20.0))
     assert [p.count for p in g.advance(int(1.8 * SR))] == [2]
+
+
+def test_a_sound_between_the_claps_as_loud_as_them_spoils_the_command(caplog) -> None:
+    # Footsteps (ESC-50 fold 4): heel strikes at 3.0, 3.54 and 3.83 s passed as three
+    # claps; a scuff 83 ms after the second, as loud, was ignored as an echo by min_gap.
+    def grouper_with(between: tuple[float, float] | None) -> list[int]:
+        g = PatternGrouper(ClapSettings(), SR, 3)
+        events = [(3.0, -27.3, True), (3.54, -28.0, True), (3.83, -30.8, True)]
+        if between is not None:
+            events.append((between[0], between[1], False))
+        for t, level, clap in sorted(events):
+            g.note_transient(int(t * SR), level)
+            if clap:
+                g.push_clap(Clap(int(t * SR), level))
+        return [p.count for p in g.advance(int(6.0 * SR))]
+
+    with caplog.at_level("INFO", logger="claudio_daemon.detect.patterns"):
+        assert grouper_with((3.623, -28.2)) == []
+    assert "3 claps dropped: another sound between them (0.62 s after the first)" in caplog.text
+    # Clearly softer (a clock tick 4 dB below the loudest clap) it is background.
+    assert grouper_with((3.623, -31.3)) == [3]
+    assert grouper_with(None) == [3]
+    # isolation_s 0 turns the whole test off.
+    g = PatternGrouper(ClapSettings(isolation_s=0.0), SR, 2)
+    for t, level in ((1.0, -20.0), (1.2, -20.0), (1.5, -20.0)):
+        g.note_transient(int(t * SR), level)
+        if t != 1.2:
+            g.push_clap(Clap(int(t * SR), level))
+    assert [p.count for p in g.advance(int(3.0 * SR))] == [2]

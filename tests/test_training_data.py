@@ -31,8 +31,9 @@ from training.datasets import (
     load_folder,
     load_fsd50k,
 )
+from training.export import parity_inputs_from
 from training.frontend import LogMel
-from training.stats import compute_stats
+from training.stats import compute_stats, stats_folds
 
 CFG = FrontEndConfig()
 
@@ -407,6 +408,35 @@ def test_stats_equal_numpy_over_the_cached_arrays(
     assert stats == {"mean": mean, "std": std, "n_items": 2}
     frontend = Cache.open(cache_dir).frontend
     assert (frontend.mean, frontend.std) == (mean, std)
+
+
+def test_int8_calibration_clips_come_from_the_training_folds_only(
+    esc50_cache: tuple[Path, Path, object], tmp_path: Path
+) -> None:
+    # A cross-validation model's INT8 ranges must not be calibrated on its test fold: the
+    # training folds are the ones stats.json was computed on.
+    _, source, _ = esc50_cache
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(source, cache_dir)
+    cache = Cache.open(cache_dir)
+    held_out = cache.folds[-1]
+    train = cache.indices_for_folds([f for f in cache.folds if f != held_out])
+    assert 0 < len(train) < len(cache)
+    compute_stats(cache_dir, indices=train, folds=cache.folds_of(train))
+    assert stats_folds(cache_dir) == tuple(sorted(cache.folds_of(train)))
+    cache = Cache.open(cache_dir)
+    fe = cache.frontend
+    mels = np.load(cache_dir / "mels.npy")
+    got = parity_inputs_from(cache_dir, 128, training_folds_only=True)
+    assert np.allclose(got[:, 0], (mels[train] - fe.mean) / fe.std)
+    # With the model's own statistics instead of the cache's.
+    model_fe = fe.with_stats(fe.mean + 5.0, fe.std * 2.0)
+    got = parity_inputs_from(cache_dir, 2, training_folds_only=True, frontend=model_fe)
+    assert len(got) == 2 and np.allclose(got[0, 0], (mels[train[0]] - fe.mean - 5.0) / (fe.std * 2))
+    # Without recorded folds (older stats.json) every row may be drawn.
+    compute_stats(cache_dir)
+    assert stats_folds(cache_dir) is None
+    assert len(parity_inputs_from(cache_dir, 128, training_folds_only=True)) == len(mels)
 
 
 def _cache_with_stats(source: Path, tmp_path: Path) -> Cache:

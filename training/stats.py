@@ -18,7 +18,7 @@ import numpy as np
 
 from training.cache import MELS, STATS
 
-__all__ = ["compute_stats", "running_stats"]
+__all__ = ["compute_stats", "running_stats", "stats_folds"]
 
 
 def running_stats(
@@ -79,3 +79,14 @@ def compute_stats(
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, cache_dir / STATS)
     return mean, std
+
+
+def stats_folds(cache_dir: str | Path) -> tuple[str, ...] | None:
+    """The folds a cache's stats.json was computed on (its training folds), or None when
+    there is no stats.json or it predates recording them."""
+    try:
+        record = json.loads((Path(cache_dir) / STATS).read_text())
+    except (OSError, ValueError):
+        return None
+    folds = record.get("folds") if isinstance(record, dict) else None
+    return tuple(str(f) for f in folds) if folds else None

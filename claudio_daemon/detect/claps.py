@@ -214,6 +214,9 @@ class _History:
 class _Pending:
     frame_start: int
     floor_db: float
+    #: Where the background ends: the frame start, or that of a faint precursor this
+    #: onset replaced (the precursor belongs to the transient, not to the background).
+    quiet_until: int
 
 
 class ClapDetector:
@@ -236,7 +239,8 @@ class ClapDetector:
         self._refractory = int(round(settings.refractory_s * sample_rate))
         self._fast_n = max(1, int(round(FAST_ENV_S * sample_rate)))
         self._slow_n = max(1, int(round(SLOW_ENV_S * sample_rate)))
-        keep = self.lookahead + 8 * HOP + 4 * self._spec_n + len(self.fir)
+        # A precursor's background lies up to the refractory time before the onset.
+        keep = self.lookahead + 8 * HOP + 4 * self._spec_n + len(self.fir) + self._refractory
         self.raw = _History(keep)
         self.hp = _History(keep)
         self.reset()
@@ -307,11 +311,12 @@ class ClapDetector:
             and (not refractory or preempts)
         )
         if is_onset:
+            quiet_until = start
             if preempts and self._pending and self._pending[-1].frame_start == self._last_onset:
                 # The earlier onset was a faint precursor of this one (or a background
                 # tick just before a clap): measuring both would double-count the clap.
-                self._pending.pop()
-            self._pending.append(_Pending(frame_start=start, floor_db=floor))
+                quiet_until = self._pending.pop().quiet_until
+            self._pending.append(_Pending(start, floor, quiet_until))
             self._last_onset = start
             self._since_onset_db = level
             self._freeze_until = start + self.lookahead
@@ -332,13 +337,20 @@ class ClapDetector:
         out = []
         while self._pending and self._pending[0].frame_start + self.lookahead <= self.hp.end:
             p = self._pending.pop(0)
-            cand = self.measure(p.frame_start, p.floor_db)
+            cand = self.measure(p.frame_start, p.floor_db, p.quiet_until)
             if cand is not None:
                 out.append(cand)
         return out
 
-    def measure(self, frame_start: int, floor_db: float) -> ClapCandidate | None:
-        """Refine the onset inside/just before `frame_start` and measure the shape."""
+    def measure(
+        self, frame_start: int, floor_db: float, quiet_until: int | None = None
+    ) -> ClapCandidate | None:
+        """Refine the onset inside/just before `frame_start` and measure the shape.
+
+        `quiet_until`: the background's spectrum is taken before this sample (and before
+        the onset), so a clap's own first contact, 30 ms before its main burst, is not
+        subtracted from it as "background" (that left a dull, voiced-looking remainder).
+        """
         s = self.settings
         sr = self.sample_rate
         a = frame_start - 2 * HOP
@@ -390,7 +402,8 @@ class ClapDetector:
         n_win = 2 * self._spec_n
         win = np.hanning(n_win)
         raw = self.raw.get(onset - 32, onset - 32 + n_win)
-        bg = self.raw.get(onset - 64 - n_win, onset - 64)
+        bg_end = onset if quiet_until is None else min(onset, quiet_until)
+        bg = self.raw.get(bg_end - 64 - n_win, bg_end - 64)
         spec = np.abs(np.fft.rfft(raw * win)) ** 2
         spec = np.maximum(spec - np.abs(np.fft.rfft(bg * win)) ** 2, 0.0)
         freqs = np.fft.rfftfreq(n_win, 1.0 / sr)

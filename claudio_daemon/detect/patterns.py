@@ -24,9 +24,12 @@ Rules, all in samples so a replay gives the same answer as a live run:
   louder clap by clap beyond that (steps coming closer, a dog working itself up) is not a
   command and is ignored like applause.
 * A command stands alone: a transient of any shape (`note_transient`) within
-  `isolation_s` before the first clap or after the last, at most `isolation_db` quieter
-  than the loudest clap, means the claps are the clean-looking part of a longer sound (a
-  step between two heel strikes, a laugh, the edge of applause); the group is dropped.
+  `isolation_s` before the first clap or after the last, or between two of its claps
+  without being one of them, at most `isolation_db` quieter than the loudest clap, means
+  the claps are the clean-looking part of a longer sound (a step between two heel
+  strikes, a laugh, the edge of applause, a scuff between steps); the group is dropped.
+  Between the claps, the transients a clap-by-clap rule cannot see matter most: one
+  ignored as an echo (`min_gap_s`) or one too dull to be a clap, yet as loud as the claps.
 
 Deciding at the largest count versus applause: a group that reaches `max_count` can only
 grow into applause, so waiting the full end silence is pointless, but deciding at the very
@@ -121,9 +124,9 @@ class PatternGrouper:
         while self._transients and self._transients[0][0] < sample - self._horizon:
             self._transients.popleft()
 
-    def _crowded(self, group: list[Clap]) -> tuple[float, float] | None:
-        """(seconds from the group, dB below its loudest clap) of a transient that shows
-        the group is part of a longer sound, or None when it stands alone."""
+    def _crowded(self, group: list[Clap]) -> str | None:
+        """Where a transient lies that shows the group is part of a longer sound ("0.12 s
+        after them, only 1.4 dB softer"), or None when the group stands alone."""
         if self._isolation <= 0:
             return None
         own = {c.sample for c in group}
@@ -133,9 +136,14 @@ class PatternGrouper:
             if t in own or level < loud - self.settings.isolation_db:
                 continue
             if first - self._isolation <= t < first:
-                return (t - first) / self.sample_rate, loud - level
-            if last < t <= last + self._isolation:
-                return (t - last) / self.sample_rate, loud - level
+                where = f"{(first - t) / self.sample_rate:.2f} s before them"
+            elif first < t < last:
+                where = f"between them ({(t - first) / self.sample_rate:.2f} s after the first)"
+            elif last < t <= last + self._isolation:
+                where = f"{(t - last) / self.sample_rate:.2f} s after them"
+            else:
+                continue
+            return f"{where}, only {loud - level:.1f} dB softer"
         return None
 
     def push_clap(self, clap: Clap) -> list[ClapPattern]:
@@ -223,14 +231,7 @@ class PatternGrouper:
             return []
         crowded = self._crowded(group)
         if crowded is not None:
-            dt, below = crowded
-            log.info(
-                "%d claps dropped: another sound %.2f s %s them, only %.1f dB softer",
-                len(group),
-                abs(dt),
-                "before" if dt < 0 else "after",
-                below,
-            )
+            log.info("%d claps dropped: another sound %s", len(group), crowded)
             return []
         self._emitted_last = group[-1].sample
         self._emitted_level = max(c.level_db for c in group)
