@@ -177,7 +177,6 @@ def export_onnx(
     opset: int = 17,
     quantize_int8: bool = False,
     parity_inputs: np.ndarray | str | Path | None = None,
-    calibration_inputs: np.ndarray | str | Path | None = None,
     int8_eval_data: str | Path | None = None,
     int8_eval_folds: tuple[str, ...] | None = None,
     tolerance: float = PARITY_TOLERANCE,
@@ -187,9 +186,9 @@ def export_onnx(
 
     `parity_inputs`: real normalised inputs (array) or a cache folder to draw them from.
     With `quantize_int8`, also writes `<out>.int8.onnx` (static QDQ quantisation calibrated
-    on `calibration_inputs`: an array, or a cache folder whose training folds give
-    `CALIBRATION_CLIPS` clips; by default the parity inputs' folder, else the parity inputs)
-    and, given `int8_eval_data`, its metric change on that data.
+    on `CALIBRATION_CLIPS` clips of the training folds when `parity_inputs` is a cache
+    folder, else on the parity inputs) and, given `int8_eval_data`, its metric change on
+    that data.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
@@ -253,16 +252,12 @@ def export_onnx(
     )
 
     if quantize_int8:
-        if calibration_inputs is None and not isinstance(parity_inputs, np.ndarray):
-            calibration_inputs = parity_inputs
-        if isinstance(calibration_inputs, np.ndarray):
-            calib = calibration_inputs
-        elif calibration_inputs is not None:
-            calib = parity_inputs_from(
-                calibration_inputs, CALIBRATION_CLIPS, training_folds_only=True, frontend=fe
-            )
-        else:
+        if parity_inputs is None or isinstance(parity_inputs, np.ndarray):
             calib = np.concatenate(checks[2:] or checks)
+        else:
+            calib = parity_inputs_from(
+                parity_inputs, CALIBRATION_CLIPS, training_folds_only=True, frontend=fe
+            )
         log.info("calibrating INT8 activations on %d clips", len(calib))
         int8 = out.with_suffix(".int8.onnx")
         _quantize_static(out, int8, calib)

@@ -738,9 +738,10 @@ def _check_stats_from_training(
     """Statistics that saw a held-out fold are refused (they leak it into the input
     scaling); a clip count that differs from the training set's is only warned about, since
     older stats.json files do not say which folds they cover."""
-    try:
-        record = json.loads((cache_dir / "stats.json").read_text())
-    except (OSError, ValueError):
+    from training.stats import read_stats
+
+    record = read_stats(cache_dir)
+    if record is None:
         return
     seen = {str(f) for f in record.get("folds") or ()}
     leaked = sorted(seen & {str(f) for f in held_out})

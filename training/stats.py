@@ -13,12 +13,13 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from training.cache import MELS, STATS
 
-__all__ = ["compute_stats", "running_stats", "stats_folds"]
+__all__ = ["compute_stats", "read_stats", "running_stats", "stats_folds"]
 
 
 def running_stats(
@@ -81,12 +82,18 @@ def compute_stats(
     return mean, std
 
 
-def stats_folds(cache_dir: str | Path) -> tuple[str, ...] | None:
-    """The folds a cache's stats.json was computed on (its training folds), or None when
-    there is no stats.json or it predates recording them."""
+def read_stats(cache_dir: str | Path) -> dict[str, Any] | None:
+    """A cache's stats.json as written by `compute_stats`, or None when it is missing or
+    unreadable (callers that need it, like `Cache.open`, report that themselves)."""
     try:
         record = json.loads((Path(cache_dir) / STATS).read_text())
     except (OSError, ValueError):
         return None
-    folds = record.get("folds") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def stats_folds(cache_dir: str | Path) -> tuple[str, ...] | None:
+    """The folds a cache's stats.json was computed on (its training folds), or None when
+    there is no stats.json or it predates recording them."""
+    folds = (read_stats(cache_dir) or {}).get("folds")
     return tuple(str(f) for f in folds) if folds else None

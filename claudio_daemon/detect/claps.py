@@ -342,9 +342,7 @@ class ClapDetector:
                 out.append(cand)
         return out
 
-    def measure(
-        self, frame_start: int, floor_db: float, quiet_until: int | None = None
-    ) -> ClapCandidate | None:
+    def measure(self, frame_start: int, floor_db: float, quiet_until: int) -> ClapCandidate | None:
         """Refine the onset inside/just before `frame_start` and measure the shape.
 
         `quiet_until`: the background's spectrum is taken before this sample (and before
@@ -402,7 +400,7 @@ class ClapDetector:
         n_win = 2 * self._spec_n
         win = np.hanning(n_win)
         raw = self.raw.get(onset - 32, onset - 32 + n_win)
-        bg_end = onset if quiet_until is None else min(onset, quiet_until)
+        bg_end = min(onset, quiet_until)
         bg = self.raw.get(bg_end - 64 - n_win, bg_end - 64)
         spec = np.abs(np.fft.rfft(raw * win)) ** 2
         spec = np.maximum(spec - np.abs(np.fft.rfft(bg * win)) ** 2, 0.0)
