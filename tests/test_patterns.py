@@ -68,9 +68,19 @@ def test_applause_suppresses_until_quiet_then_commands_work() -> None:
 
 
 def test_clapping_on_right_after_a_pattern_is_not_a_new_command() -> None:
-    # Three claps decided after the guard, then more claps in the same rhythm.
-    out, _ = run([1.0, 1.2, 1.4, 1.75, 1.95, 2.15])
+    # Three claps decided after the guard (0.4 s), then more claps in the same rhythm.
+    out, _ = run([1.0, 1.2, 1.4, 1.85, 2.05, 2.25])
     assert [p.count for p in out] == [3]
+
+
+def test_quick_claps_wait_the_guard_floor_so_uneven_applause_is_not_a_command() -> None:
+    # Real applause: three quick claps, then the next one 0.27 s later (past 1.3 x 0.2 s).
+    out, g = run([1.0, 1.14, 1.34, 1.61, 1.8, 1.95], until_s=2.5)
+    assert out == [] and g.in_applause
+    # The same three claps as a command are decided 0.4 s after the last, not later.
+    (p,) = run([1.0, 1.14, 1.34])[0]
+    assert p.count == 3
+    assert (p.decided_sample - p.clap_samples[-1]) / SR == pytest.approx(0.4, abs=0.02)
 
 
 def test_larger_max_count_waits_full_silence_for_smaller_counts() -> None:
