@@ -42,9 +42,12 @@ SLOW_ENV_S = 0.004
 RISE_DB = 8.0
 #: How many earlier frames the rise test compares against.
 RISE_FRAMES = 3
-#: Within the refractory time, a frame this much louder than everything since the last
-#: onset is a new transient (a clap right after a clock tick), not the first one's ring.
+#: Within the refractory time, a frame this much louder than the last onset's transient
+#: (up to the dip before this rise) is a new transient (a clap right after a clock tick),
+#: not the first one's ring.
 PREEMPT_DB = 6.0
+#: A transient has died away once it has fallen this far below its peak (dB).
+DIED_AWAY_DB = 12.0
 #: The rise time runs from the onset to the first moment within this much of the peak,
 #: so a faint contact click or a flam before the main burst does not make it "slow".
 RISE_TO_DB = 6.0
@@ -249,10 +252,12 @@ class ClapDetector:
         self.raw = _History(self.raw.keep)
         self.hp = _History(self.hp.keep)
         self.floor_db: float | None = None
-        self._recent: list[float] = []
+        #: (frame start, level) of the last RISE_FRAMES frames.
+        self._recent: list[tuple[int, float]] = []
         self._next_frame = 0  # start of the next hp frame to analyse
         self._last_onset = -(10**12)
-        self._since_onset_db = -120.0
+        #: (frame start, level) of every frame since the last onset, the onset's first.
+        self._since_onset: list[tuple[int, float]] = []
         self._freeze_until = -1
         self._pending: list[_Pending] = []
 
@@ -301,9 +306,9 @@ class ClapDetector:
         if self.floor_db is None:
             self.floor_db = level
         floor = self.floor_db
-        quiet_before = min(self._recent) if self._recent else level
+        quiet_at, quiet_before = min(self._recent, key=lambda f: f[1], default=(start, level))
         refractory = start - self._last_onset < self._refractory
-        preempts = refractory and level >= self._since_onset_db + PREEMPT_DB
+        preempts = refractory and level >= self._earlier_peak(quiet_at, quiet_before) + PREEMPT_DB
         is_onset = (
             level >= floor + s.onset_threshold_db
             and level >= s.min_level_db
@@ -318,18 +323,37 @@ class ClapDetector:
                 quiet_until = self._pending.pop().quiet_until
             self._pending.append(_Pending(start, floor, quiet_until))
             self._last_onset = start
-            self._since_onset_db = level
+            self._since_onset = [(start, level)]
             self._freeze_until = start + self.lookahead
-        else:
-            self._since_onset_db = max(self._since_onset_db, level)
+        elif refractory:
+            self._since_onset.append((start, level))
         # Track the background, but not with the transient we are measuring.
         if level < floor:
             self.floor_db = floor + (level - floor) * self._down
         elif start > self._freeze_until:
             self.floor_db = floor + (level - floor) * self._up
-        self._recent.append(level)
+        self._recent.append((start, level))
         if len(self._recent) > RISE_FRAMES:
             self._recent.pop(0)
+
+    def _earlier_peak(self, quiet_at: int, quiet_db: float) -> float:
+        """The loudest the last transient got before the rise now under way began.
+
+        A new transient preempts the last one when it is PREEMPT_DB louder than that. Its
+        own first rising frames do not count: a clap 60 ms after a keystroke reached 5.7 dB
+        over the keystroke in its first frame, and compared with that frame its louder
+        second one was no new transient, so the clap was lost. When the quiet frame lies
+        before the onset, or the last transient has not died away, everything since the
+        onset counts.
+        """
+        everything = max((v for _, v in self._since_onset), default=-120.0)
+        before = [v for t, v in self._since_onset if t <= quiet_at]
+        if not before:
+            return everything
+        peak = max(before)
+        # Only after the last transient has died away (a keystroke's click, not a can's
+        # crack running into its fizz) is the new rise a transient of its own.
+        return peak if quiet_db <= peak - DIED_AWAY_DB else everything
 
     # --- measurement -------------------------------------------------------------------
 
