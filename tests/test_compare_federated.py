@@ -23,6 +23,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from claudio_daemon.features.frontend import FrontEndConfig
 from training.cache import Cache, precache
 from training.compare.federated import (
+    ROLL_CALL,
     FedConfig,
     FederatedError,
     client_app,
@@ -217,6 +218,20 @@ def test_home_client_trains_on_its_own_cache(home_cache, task_identity, bn) -> N
         assert np.abs(mean_after).max() < 100.0
     else:
         assert mean_after.min() > 100.0  # momentum 0.1 over a few steps keeps most of it
+
+
+def test_a_client_answers_the_roll_call_with_its_partition_id(task_identity) -> None:
+    # The server orders clients by this key, not by Flower's per-run node ids.
+    ask = Message(RecordDict(), dst_node_id=7, message_type=MessageType.QUERY)
+    ctx = Context(
+        run_id=1, node_id=7, node_config={"partition-id": 3}, state=RecordDict(), run_config={}
+    )
+    reply = client_app(ask, ctx)
+    assert not reply.has_error()
+    assert reply.content.config_records[ROLL_CALL]["key"] == "3"
+    # A deployed SuperNode without a partition id names itself by its node id.
+    reply = client_app(ask, _context(None))
+    assert reply.content.config_records[ROLL_CALL]["key"] == "7"
 
 
 def test_home_client_without_data_says_how_to_start_it(task_identity) -> None:

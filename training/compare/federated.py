@@ -30,9 +30,12 @@ For real homes the same apps run under Flower's deployment runtime, unchanged:
     #   model = "resnet18"  num-server-rounds = 50  clients = 20  clients-per-round = 10
     flower-superlink --insecure  &&  flwr run . <federation>
 
-(use TLS and node authentication outside a test bench). The server sends its label list and
-normalisation scalars with the weights; a client maps its own cache's labels onto that list by
-name, so homes need not have every label.
+(use TLS and node authentication outside a test bench). Before the first round the server
+asks every node for a stable key (its `partition-id` node config, else its node id) and samples
+clients from that order with a per-round seeded draw, so a rerun picks the same clients; give
+each home `partition-id=N` in its node config to make a deployed run repeatable too.
+The server sends its label list and normalisation scalars with the weights; a client maps its
+own cache's labels onto that list by name, so homes need not have every label.
 
 BatchNorm is handled explicitly, chosen by `bn`:
 - "pooled" (default): BN weights and biases are averaged like every other weight; the running
@@ -75,6 +78,7 @@ from flwr.app import (  # noqa: E402
     ConfigRecord,
     Context,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -96,6 +100,7 @@ from training.models import MODEL_NAMES, create_model  # noqa: E402
 __all__ = [
     "BN_MODES",
     "PARTITIONS",
+    "ROLL_CALL",
     "FedConfig",
     "FedResult",
     "FederatedError",
@@ -320,6 +325,16 @@ class _Relabel(Dataset):
         return x, out
 
 
+def _stable_key(context: Context) -> int:
+    """What names this client the same way in every run.
+
+    Flower's simulated node ids are drawn afresh each run, so anything keyed on them (which
+    clients a round samples, their seeds) would differ between identical runs; the partition
+    id does not. A deployed SuperNode without one falls back to its node id.
+    """
+    return int(context.node_config.get("partition-id", context.node_id))
+
+
 def _client_rows(context: Context, sim: _SimulationData | None) -> tuple[Cache, np.ndarray]:
     if sim is not None:
         pid = int(context.node_config["partition-id"])
@@ -348,7 +363,7 @@ def _local_train(msg: Message, context: Context, sim: _SimulationData | None) ->
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     server_round = int(cfg["server-round"])
     # Simulated node ids are random per run; the partition id makes reruns repeat exactly.
-    who = int(context.node_config.get("partition-id", context.node_id)) % 1_000_003
+    who = _stable_key(context) % 1_000_003
     seed = int(cfg["seed"]) * 1_000_003 + server_round * 1_009 + who
     torch.manual_seed(seed)
 
@@ -413,19 +428,88 @@ def make_client_app(sim: _SimulationData | None = None) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         return _local_train(msg, context, sim)
 
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        # The server's roll call (see `_roll_call`): only a name, no data.
+        who = ConfigRecord({"key": str(_stable_key(context))})
+        return Message(RecordDict({ROLL_CALL: who}), reply_to=msg)
+
     return app
 
 
 # --------------------------------------------------------------------------- server
 
 
+#: The record a client answers the server's roll call with.
+ROLL_CALL = "roll-call"
+
+
+def _roll_call(grid: Grid, wanted: int, timeout_s: float = 600.0) -> list[int]:
+    """The connected node ids in the order of their stable keys (partition ids).
+
+    Flower's own sampling draws from node ids, which the simulation makes up afresh each
+    run, so a seeded `random` still picked different clients between identical runs (the
+    test model's accuracy moved from 5/12 to 8/12). Asking each node once for its stable key
+    lets `_StrictFedAvg` sample from a fixed order instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := sorted(grid.get_node_ids())) < wanted:
+        if time.monotonic() > deadline:
+            raise FederatedError(f"only {len(nodes)} of {wanted} clients connected")
+        log.info("waiting for clients: %d of %d connected", len(nodes), wanted)
+        time.sleep(1.0)
+    asks = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    keys: dict[int, int] = {}
+    for reply in grid.send_and_receive(asks, timeout=timeout_s):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise FederatedError(f"node {node} did not answer the roll call: {reply.error.reason}")
+        keys[node] = int(str(reply.content.config_records[ROLL_CALL]["key"]))
+    if len(keys) < len(nodes):
+        raise FederatedError(f"only {len(keys)} of {len(nodes)} clients answered the roll call")
+    if len(set(keys.values())) < len(keys):
+        raise FederatedError("two clients have the same partition-id; give each its own")
+    return sorted(keys, key=keys.__getitem__)
+
+
 class _StrictFedAvg(FedAvg):
-    """FedAvg that stops the run when a client fails instead of silently averaging fewer."""
+    """FedAvg that samples reproducibly and stops the run when a client fails.
+
+    Sampling: `order` is the roll call's (clients by partition id) and each round draws from
+    it with its own seeded generator, so a rerun trains the same clients in the same rounds.
+    Replies are averaged in that order too (float sums depend on it). A client that fails
+    stops the run instead of being silently averaged out.
+    """
+
+    def __init__(self, *, order: list[int], seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.order, self.seed = list(order), int(seed)
+        self.rank = {node: i for i, node in enumerate(self.order)}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.fraction_train == 0.0:
+            return []
+        live = set(grid.get_node_ids())
+        pool = [n for n in self.order if n in live]
+        size = max(int(len(pool) * self.fraction_train), self.min_train_nodes)
+        if len(pool) < size:
+            raise FederatedError(
+                f"round {server_round}: {len(pool)} clients connected, {size} needed"
+            )
+        chosen = random.Random(self.seed * 1_000_003 + server_round).sample(pool, size)
+        log.debug("round %d trains clients %s", server_round, [self.rank[n] for n in chosen])
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [
+            Message(record, dst_node_id=n, message_type=MessageType.TRAIN) for n in chosen
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        replies = sorted(replies, key=lambda m: self.rank.get(m.metadata.src_node_id, 1 << 62))
         failed = [m for m in replies if m.has_error()]
         if failed:
             reasons = "; ".join(
@@ -487,7 +571,6 @@ def _serve(grid: Grid, context: Context, s: _ServerSettings, sink: dict[str, Any
     cache = Cache.open(s.cache_dir)
     labels = list(cache.labels)
     device = pick_device(cfg.device)
-    random.seed(cfg.seed)  # Flower samples clients with the `random` module
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, len(labels), **cfg.model_kwargs)
     val_idx = np.asarray(s.val_idx, dtype=np.int64)
@@ -516,6 +599,8 @@ def _serve(grid: Grid, context: Context, s: _ServerSettings, sink: dict[str, Any
         return MetricRecord({"val-map": val_map})
 
     strategy = _StrictFedAvg(
+        order=_roll_call(grid, cfg.clients),
+        seed=cfg.seed,
         fraction_train=cfg.clients_per_round / cfg.clients,
         fraction_evaluate=0.0,
         min_train_nodes=cfg.clients_per_round,
