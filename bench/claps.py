@@ -368,7 +368,12 @@ def run_benchmark(
     t0 = time.perf_counter()
     clap_folds = folds if clap_folds is None else clap_folds
     scenes = sc.build_scene_set(
-        list(data), seed, per_cell, snrs=snrs, folds=folds, clap_folds=clap_folds,
+        list(data),
+        seed,
+        per_cell,
+        snrs=snrs,
+        folds=folds,
+        clap_folds=clap_folds,
         distractors=distractors,
     )
     claps = sc.cut_single_claps(list(data), folds=clap_folds)
@@ -412,9 +417,7 @@ def run_benchmark(
             "replay_s": timing,
         },
         "summary": summary,
-        "scenes": {
-            s: [r.__dict__ for r in results[s]] for s in SYSTEMS
-        },
+        "scenes": {s: [r.__dict__ for r in results[s]] for s in SYSTEMS},
     }
 
 
@@ -424,22 +427,40 @@ def _floats(text: str) -> list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, action="append", required=True,
-                    help="folder in ESC-50 layout (meta/esc50.csv, audio/); repeatable")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder in ESC-50 layout (meta/esc50.csv, audio/); repeatable",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-cell", type=int, default=12, help="scenes per (kind, SNR) cell")
     ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
-    ap.add_argument("--folds", type=lambda t: [int(v) for v in t.split(",")], default=None,
-                    help="only these ESC-50 folds (e.g. 1,2 to tune, 3,4 to check)")
-    ap.add_argument("--clap-folds", type=lambda t: [int(v) for v in t.split(",")],
-                    default=None, help="cut the claps from these folds instead of --folds "
-                    "(distractors held out from a model that trained on the claps' folds)")
+    ap.add_argument(
+        "--folds",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        help="only these ESC-50 folds (e.g. 1,2 to tune, 3,4 to check)",
+    )
+    ap.add_argument(
+        "--clap-folds",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default=None,
+        help="cut the claps from these folds instead of --folds "
+        "(distractors held out from a model that trained on the claps' folds)",
+    )
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", type=Path, help="ONNX model (its classifier confirms patterns)")
     g.add_argument("--no-classifier", action="store_true", help="detector and grouper only")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "claps")
-    ap.add_argument("--clap-setting", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a `claps:` setting of the daemon (repeatable)")
+    ap.add_argument(
+        "--clap-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a `claps:` setting of the daemon (repeatable)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

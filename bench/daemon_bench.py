@@ -189,19 +189,33 @@ def main() -> None:
         print(f"{header[0]:<12}" + "".join(f"{h:>9}" for h in header[1:]))
         for kind in ("quiet", "continuous"):
             res = subprocess.run(
-                [sys.executable, __file__, "--child", kind, str(model), "--seconds",
-                 str(args.seconds)],
-                capture_output=True, text=True, check=True, cwd=ROOT,
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    kind,
+                    str(model),
+                    "--seconds",
+                    str(args.seconds),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
             )
             r = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"{kind:<12}{r['audio_s']:>9.0f}{r['cpu_s']:>9.2f}{r['core_percent']:>9.2f}"
-                  f"{r['classifications']:>9}{r['peak_mb']:>9.0f}")
+            print(
+                f"{kind:<12}{r['audio_s']:>9.0f}{r['cpu_s']:>9.2f}{r['core_percent']:>9.2f}"
+                f"{r['classifications']:>9}{r['peak_mb']:>9.0f}"
+            )
         if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
             lat = latency(model, work, args.patterns)
             if lat:
                 p50, p95 = np.percentile(lat, [50, 95])
-                print(f"decision -> MQTT receipt over {len(lat)} patterns: "
-                      f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(lat):.1f} ms")
+                print(
+                    f"decision -> MQTT receipt over {len(lat)} patterns: "
+                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {max(lat):.1f} ms"
+                )
         else:
             print("latency: skipped (mosquitto not installed)")
     finally:

@@ -428,8 +428,15 @@ def build_scene_set(
                 gaps = rng.uniform(*gap_range, size=n - 1)
                 scenes.append(
                     make_pattern_scene(
-                        knocks, n, list(gaps), bg(), snr, rng, lead_s=lead_s,
-                        jitter_db=jitter_db, kind="knock_pattern",
+                        knocks,
+                        n,
+                        list(gaps),
+                        bg(),
+                        snr,
+                        rng,
+                        lead_s=lead_s,
+                        jitter_db=jitter_db,
+                        kind="knock_pattern",
                     )
                 )
         for cat, clips in distractor_clips.items():

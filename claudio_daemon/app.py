@@ -93,8 +93,10 @@ def load_classifier(rules: RulesFile | None, override: Path | None) -> OnnxClass
     none at all (claps still work; sound rules cannot)."""
     path = override or (rules.model.path if rules is not None else None) or shipped_model()
     if path is None:
-        log.warning("no sound model found (looked in %s): clap detection only",
-                    ", ".join(str(d) for d in MODEL_DIRS))
+        log.warning(
+            "no sound model found (looked in %s): clap detection only",
+            ", ".join(str(d) for d in MODEL_DIRS),
+        )
         return None
     device = rules.model.device if rules is not None else "auto"
     threads = rules.model.threads if rules is not None else 1
@@ -129,8 +131,11 @@ def load_calibration_for(rules: RulesFile) -> Calibration | None:
     path = rules.audio.calibration
     if path is None or not path.is_file():
         if path is not None:
-            log.info("no calibration at %s: built-in clap thresholds apply "
-                     "(run `claudio-daemon calibrate`)", path)
+            log.info(
+                "no calibration at %s: built-in clap thresholds apply "
+                "(run `claudio-daemon calibrate`)",
+                path,
+            )
         return None
     try:
         cal = load_calibration(path)
@@ -169,9 +174,7 @@ class Assembly:
     pipeline: Pipeline
 
 
-def assemble(
-    rules_path: Path, model_path: Path | None, *, use_classifier: bool = True
-) -> Assembly:
+def assemble(rules_path: Path, model_path: Path | None, *, use_classifier: bool = True) -> Assembly:
     try:
         rules = load_rules(rules_path)
         classifier = load_classifier(rules, model_path) if use_classifier else None
@@ -280,8 +283,12 @@ def run_service(
         publisher.publish_away_state(False)
 
     def listening() -> None:
-        log.info("listening on %s (%d triggers, model %s)", where, len(parts.rules.triggers),
-                 parts.classifier.metadata.model_name if parts.classifier else "none")
+        log.info(
+            "listening on %s (%d triggers, model %s)",
+            where,
+            len(parts.rules.triggers),
+            parts.classifier.metadata.model_name if parts.classifier else "none",
+        )
         notifier.ready(f"listening on {where}")
 
     runner.on_listening = listening
@@ -315,6 +322,7 @@ def send_away(rules_path: Path, armed: bool) -> str:
     try:
         publish_once(rules.mqtt, topic, STATE_ON if armed else STATE_OFF)
     except (OSError, ValueError, TimeoutError) as exc:
-        raise UserError(f"could not reach the MQTT broker at {rules.mqtt.host}:"
-                        f"{rules.mqtt.port}: {exc}") from exc
+        raise UserError(
+            f"could not reach the MQTT broker at {rules.mqtt.host}:{rules.mqtt.port}: {exc}"
+        ) from exc
     return topic

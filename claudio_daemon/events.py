@@ -125,9 +125,7 @@ def to_dict(event: Event, sample_rate: int) -> dict[str, Any]:
             label=event.label, score=round(event.score, 4), level_db=round(event.level_db, 1)
         )
     elif isinstance(event, LevelReading):
-        out.update(
-            level_db=round(event.level_db, 1), noise_floor_db=round(event.noise_floor_db, 1)
-        )
+        out.update(level_db=round(event.level_db, 1), noise_floor_db=round(event.noise_floor_db, 1))
     elif isinstance(event, Alert):
         out.update(
             label=event.label,

@@ -35,10 +35,10 @@ def main(root: str) -> None:
     sr = scenes.SAMPLE_RATE
     parts = [
         scenes.make_pattern_scene(claps, 2, [0.45], (("rain", bg)), 30.0, rng, tail_s=2.5).audio,
-        scenes.make_pattern_scene(knocks, 3, [0.18, 0.2], ("rain", bg), 30.0, rng,
-                                  kind="knock_pattern", tail_s=2.5).audio,
-        scenes.make_pattern_scene(claps, 3, [0.4, 0.45], ("rain", bg), 30.0, rng,
-                                  tail_s=2.5).audio,
+        scenes.make_pattern_scene(
+            knocks, 3, [0.18, 0.2], ("rain", bg), 30.0, rng, kind="knock_pattern", tail_s=2.5
+        ).audio,
+        scenes.make_pattern_scene(claps, 3, [0.4, 0.45], ("rain", bg), 30.0, rng, tail_s=2.5).audio,
     ]
     audio = np.concatenate(parts)
     OUT.parent.mkdir(exist_ok=True)

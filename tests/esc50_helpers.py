@@ -11,9 +11,7 @@ from pathlib import Path
 Row = dict[str, str]
 
 
-def copy_esc50_subset(
-    src: Path, dst: Path, pick: Callable[[list[Row]], list[Row]]
-) -> list[Row]:
+def copy_esc50_subset(src: Path, dst: Path, pick: Callable[[list[Row]], list[Row]]) -> list[Row]:
     """Copy the rows `pick` chooses from src's meta/esc50.csv, and their audio, to dst."""
     with (src / "meta" / "esc50.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)

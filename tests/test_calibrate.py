@@ -156,7 +156,8 @@ def _check_calibration(out: Path, rec: Recording, stdout: str) -> None:
     assert tuned.onset_threshold_db == pytest.approx(cal.onset_threshold_db)
     assert (tuned.min_gap_s, tuned.max_gap_s) == (cal.min_gap_s, cal.max_gap_s)
     found = [
-        c for c in ClapDetector(tuned, SAMPLE_RATE).push(
+        c
+        for c in ClapDetector(tuned, SAMPLE_RATE).push(
             np.concatenate([rec.audio, np.zeros(SAMPLE_RATE, np.float32)])
         )
         if c.is_clap
@@ -168,8 +169,9 @@ def _check_calibration(out: Path, rec: Recording, stdout: str) -> None:
 
 def test_calibrate_from_a_recording(recording: Recording, rules_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "state" / "cal.yaml"
-    res = _cli("--input", str(recording.path), "--yes", "--out", str(out), "--rules",
-               str(rules_file))
+    res = _cli(
+        "--input", str(recording.path), "--yes", "--out", str(out), "--rules", str(rules_file)
+    )
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert f"wrote {out}" in res.stdout
@@ -181,8 +183,15 @@ def test_no_claps_exit_1_and_nothing_written(
     recording: Recording, rules_file: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cal.yaml"
-    res = _cli("--input", str(recording.background_path), "--yes", "--out", str(out),
-               "--rules", str(rules_file))
+    res = _cli(
+        "--input",
+        str(recording.background_path),
+        "--yes",
+        "--out",
+        str(out),
+        "--rules",
+        str(rules_file),
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "no claps heard" in res.stderr and "closer" in res.stderr
     assert "Traceback" not in res.stderr
@@ -227,8 +236,9 @@ def _cand(sample: int, level: float) -> ClapCandidate:
 
 def test_proposal_logic_and_warnings() -> None:
     noise = NoiseReport(3.0, -60.0, -58.0, -50.0, 8.0, -30.0, 0, 0)
-    claps = ClapReport(4, SAMPLE_RATE, 5.0, tuple(_cand(s, -25.0) for s in (0, 6615, 13230)), 0,
-                       -10.0)
+    claps = ClapReport(
+        4, SAMPLE_RATE, 5.0, tuple(_cand(s, -25.0) for s in (0, 6615, 13230)), 0, -10.0
+    )
     p = propose(noise, claps, ClapSettings(), device="mic", sample_rate=SAMPLE_RATE)
     # Halfway between 8 dB (background rises) and 35 dB (softest clap) is 21.5; the cap at
     # the softest clap minus 6 dB (29) does not bite.
@@ -246,8 +256,13 @@ def test_proposal_logic_and_warnings() -> None:
     for part in ("too noisy", "loud", "clipped", "clap-like"):
         assert part in text
     with pytest.raises(ValueError, match="no claps"):
-        propose(noise, ClapReport(4, SAMPLE_RATE, 5.0, (), 3, -10.0), ClapSettings(),
-                device="mic", sample_rate=SAMPLE_RATE)
+        propose(
+            noise,
+            ClapReport(4, SAMPLE_RATE, 5.0, (), 3, -10.0),
+            ClapSettings(),
+            device="mic",
+            sample_rate=SAMPLE_RATE,
+        )
 
 
 def test_live_calibration_through_pulseaudio(
@@ -256,8 +271,19 @@ def test_live_calibration_through_pulseaudio(
     out = tmp_path / "live.yaml"
     env = {k: v for k, v in os.environ.items() if k != "CLAUDIO_RULES"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "claudio_daemon", "calibrate", "--device",
-         pulse_server.portaudio_device, "--yes", "--out", str(out), "--rules", str(rules_file)],
+        [
+            sys.executable,
+            "-m",
+            "claudio_daemon",
+            "calibrate",
+            "--device",
+            pulse_server.portaudio_device,
+            "--yes",
+            "--out",
+            str(out),
+            "--rules",
+            str(rules_file),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

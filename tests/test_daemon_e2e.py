@@ -187,7 +187,7 @@ def test_sigterm_flushes_and_goes_offline(
             notify.close()
         assert code == 0, err
         assert time.monotonic() - started < 10
-        sub.wait_for(lambda m: (("claudio/available", b"offline", False) in m), timeout=5)
+        sub.wait_for(lambda m: ("claudio/available", b"offline", False) in m, timeout=5)
     assert "STOPPING=1" in notify.messages
     # A subscriber arriving later sees the retained "offline".
     with Subscriber(mosquitto.host, mosquitto.port, ["claudio/available"]) as late:
@@ -266,9 +266,7 @@ def test_rules_reload_while_running(
             rules.write_text(rules.read_text().replace("claps: 3", "claps: zero"))
             time.sleep(1.2)
             # Now swap: two claps switch the TV.
-            write_rules(
-                rules, port=mosquitto.port, model=tiny_onnx_model, lamp_claps=4, tv_claps=2
-            )
+            write_rules(rules, port=mosquitto.port, model=tiny_onnx_model, lamp_claps=4, tv_claps=2)
             code, _, err = daemon.wait(timeout=60)
         finally:
             daemon.kill()

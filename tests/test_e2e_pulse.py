@@ -56,8 +56,10 @@ def portaudio_pulse(pulse_server: PulseServer) -> PulseServer:
     except Exception as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"PortAudio cannot list inputs: {exc}")
     if pulse_server.portaudio_device not in names:  # pragma: no cover
-        pytest.skip(f"no {pulse_server.portaudio_device!r} input in PortAudio ({names}); "
-                    "ALSA's pulse plugin (libasound2-plugins) is missing")
+        pytest.skip(
+            f"no {pulse_server.portaudio_device!r} input in PortAudio ({names}); "
+            "ALSA's pulse plugin (libasound2-plugins) is missing"
+        )
     return pulse_server
 
 

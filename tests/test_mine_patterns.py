@@ -174,9 +174,10 @@ def test_same_seed_same_files_other_seed_other_clips(mined: Path, inputs, tmp_pa
     _mine(inputs, tmp_path / "same", "--seed", 3)
     assert _files(tmp_path / "same") == _files(mined)
     _mine(inputs, tmp_path / "other", "--seed", 4)
-    assert _files(tmp_path / "other")["meta/mined_patterns.json"] != _files(mined)[
-        "meta/mined_patterns.json"
-    ]
+    assert (
+        _files(tmp_path / "other")["meta/mined_patterns.json"]
+        != _files(mined)["meta/mined_patterns.json"]
+    )
 
 
 def test_bad_arguments_and_nothing_to_mine_are_clear_errors(shared_data, tmp_path) -> None:

@@ -124,4 +124,3 @@ def test_only_valid_commands_reach_on_command(mosquitto, caplog) -> None:
     assert len(ignored) == len(bad)
     # The huge payload is logged truncated, never in full.
     assert all(len(r.getMessage()) < 300 for r in ignored)
-

@@ -169,14 +169,20 @@ def test_published_retained_and_resent_when_ha_comes_online(mosquitto, custom_pr
             assert all(retain for _, _, retain in got)
             # HA restarts: its birth message asks for discovery again.
             mqtt_publish.single(
-                f"{custom_prefix}/status", "online", qos=1, hostname=mosquitto.host,
+                f"{custom_prefix}/status",
+                "online",
+                qos=1,
+                hostname=mosquitto.host,
                 port=mosquitto.port,
             )
             again = sub.wait_for(lambda m: len(m) >= 2 * n)[n:]
             assert {t: json.loads(p) for t, p, _ in again} == dict(configs)
             # Anything else on the status topic is not a reason to re-send.
             mqtt_publish.single(
-                f"{custom_prefix}/status", "offline", qos=1, hostname=mosquitto.host,
+                f"{custom_prefix}/status",
+                "offline",
+                qos=1,
+                hostname=mosquitto.host,
                 port=mosquitto.port,
             )
             assert publisher.flush(2)
@@ -190,7 +196,9 @@ def test_configure_discovery_uses_version_and_lists(mosquitto) -> None:
     from claudio_daemon import __version__
 
     s = MqttSettings(
-        host=mosquitto.host, port=mosquitto.port, client_id="claudio-conf",
+        host=mosquitto.host,
+        port=mosquitto.port,
+        client_id="claudio-conf",
         discovery={"node_id": "conf"},
     )
     publisher = MqttPublisher(s)
@@ -212,7 +220,9 @@ def test_configure_discovery_uses_version_and_lists(mosquitto) -> None:
 
 def test_discovery_disabled_publishes_nothing(mosquitto) -> None:
     s = MqttSettings(
-        host=mosquitto.host, port=mosquitto.port, client_id="claudio-nodisc",
+        host=mosquitto.host,
+        port=mosquitto.port,
+        client_id="claudio-nodisc",
         discovery={"enabled": False, "node_id": "nodisc"},
     )
     publisher = MqttPublisher(s)
@@ -225,7 +235,10 @@ def test_discovery_disabled_publishes_nothing(mosquitto) -> None:
         assert publisher.wait_subscribed(5)
         with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/+/nodisc/+/config"]) as sub:
             mqtt_publish.single(
-                "homeassistant/status", "online", qos=1, hostname=mosquitto.host,
+                "homeassistant/status",
+                "online",
+                qos=1,
+                hostname=mosquitto.host,
                 port=mosquitto.port,
             )
             with pytest.raises(AssertionError):

@@ -131,6 +131,7 @@ def test_knocks_footsteps_speech_give_no_command(bank, roots, shipped_classify) 
         for i in range(8):
             clip = load_clip(clips[int(rng.integers(len(clips)))])
             scenes.append(make_clip_scene(clip, cat, bank["bg"][i % len(bank["bg"])], 20.0, rng))
+
     def commands(audio: np.ndarray) -> bool:
         listener = ClapListener(ClapSettings(), SR, 3, classify=shipped_classify)
         return any(p.count in (2, 3) for p in listener.push(audio))

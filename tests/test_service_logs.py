@@ -43,9 +43,7 @@ def run_child(tmp_path: Path, level: str, journal_stream: str | None) -> list[st
         elif journal_stream == "other":
             st = os.fstat(f.fileno())
             env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + 1}"
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, level], env=env, stderr=f, timeout=30
-        )
+        proc = subprocess.run([sys.executable, "-c", _CHILD, level], env=env, stderr=f, timeout=30)
     assert proc.returncode == 0, err.read_text()
     return err.read_text().splitlines()
 

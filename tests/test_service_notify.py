@@ -109,13 +109,19 @@ def test_watchdog_disabled_without_usec_or_for_another_pid(listener: Listener) -
     assert n.watchdog_interval_s is None
     assert not n.watchdog()
     other = SystemdNotifier.from_env(
-        {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "1000000",
-         "WATCHDOG_PID": str(os.getpid() + 1)}
+        {
+            "NOTIFY_SOCKET": listener.env_value,
+            "WATCHDOG_USEC": "1000000",
+            "WATCHDOG_PID": str(os.getpid() + 1),
+        }
     )
     assert not other.watchdog()
     mine = SystemdNotifier.from_env(
-        {"NOTIFY_SOCKET": listener.env_value, "WATCHDOG_USEC": "1000000",
-         "WATCHDOG_PID": str(os.getpid())}
+        {
+            "NOTIFY_SOCKET": listener.env_value,
+            "WATCHDOG_USEC": "1000000",
+            "WATCHDOG_PID": str(os.getpid()),
+        }
     )
     assert mine.watchdog()
     assert listener.drain() == ["WATCHDOG=1"]

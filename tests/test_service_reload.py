@@ -275,9 +275,7 @@ def test_reloader_with_the_real_rules_loader_and_example(
     assert [r.check(0.5), r.check(1.0)] == [ReloadResult.UNCHANGED, ReloadResult.REJECTED]
     assert holder == []
     (record,) = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
-    assert record.getMessage().startswith(
-        f"{f}:{port_line + 1}: mqtt.colour: unknown key 'colour'"
-    )
+    assert record.getMessage().startswith(f"{f}:{port_line + 1}: mqtt.colour: unknown key 'colour'")
     assert record.getMessage().endswith(" - keeping the previous rules")
 
     write(f, example, 3_000_000_000)
@@ -368,7 +366,9 @@ def test_mini_daemon_live_reload_sighup_and_stop(tmp_path: Path) -> None:
     env.pop("JOURNAL_STREAM", None)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(rules), str(Path(__file__).parent)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(

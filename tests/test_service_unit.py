@@ -134,12 +134,13 @@ def _verify(unit_text: str, tmp_path: Path) -> tuple[int, list[str]]:
     env = {**os.environ, "SYSTEMD_LOG_LEVEL": "notice", "SYSTEMD_LOG_COLOR": "0"}
     proc = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(copy)],
-        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
     )
-    ours = [
-        line for line in (proc.stdout + proc.stderr).splitlines()
-        if "claudio-daemon" in line
-    ]
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if "claudio-daemon" in line]
     return proc.returncode, ours
 
 
@@ -167,15 +168,19 @@ def test_sysusers_creates_claudio_in_audio(tmp_path: Path) -> None:
     for _ in range(2):  # idempotent
         proc = subprocess.run(
             ["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert proc.returncode == 0, proc.stderr
     users = [line.split(":") for line in (etc / "passwd").read_text().splitlines()]
     (claudio,) = [u for u in users if u[0] == "claudio"]
     assert claudio[5:] == ["/var/lib/claudio", "/usr/sbin/nologin"]
     assert 0 < int(claudio[2]) < 1000  # a system user
-    groups = {g.split(":")[0]: g.split(":")[3].split(",") for g in
-              (etc / "group").read_text().splitlines()}
+    groups = {
+        g.split(":")[0]: g.split(":")[3].split(",")
+        for g in (etc / "group").read_text().splitlines()
+    }
     assert sorted(groups["audio"]) == ["claudio", "pi"]
     assert "claudio" in groups
 
@@ -193,18 +198,25 @@ def test_install_script_parses_and_only_does_harmless_things_when_asked() -> Non
     assert subprocess.run(["bash", "-n", str(INSTALL)], timeout=10).returncode == 0
     assert os.access(INSTALL, os.X_OK)
     # --help and bad options exit before anything is touched (even as root)
-    helped = subprocess.run(["bash", str(INSTALL), "--help"], capture_output=True, text=True,
-                            timeout=10)
+    helped = subprocess.run(
+        ["bash", str(INSTALL), "--help"], capture_output=True, text=True, timeout=10
+    )
     assert helped.returncode == 0 and "sudo scripts/install-service.sh" in helped.stdout
-    bad = subprocess.run(["bash", str(INSTALL), "--bogus"], capture_output=True, text=True,
-                         timeout=10)
+    bad = subprocess.run(
+        ["bash", str(INSTALL), "--bogus"], capture_output=True, text=True, timeout=10
+    )
     assert bad.returncode == 1 and "unknown option '--bogus'" in bad.stderr
-    rel = subprocess.run(["bash", str(INSTALL), "--prefix", "relative"], capture_output=True,
-                         text=True, timeout=10)
+    rel = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", "relative"], capture_output=True, text=True, timeout=10
+    )
     assert rel.returncode == 1 and "absolute" in rel.stderr
     if shutil.which("shellcheck"):
-        sc = subprocess.run(["shellcheck", "-S", "warning", str(INSTALL)], capture_output=True,
-                            text=True, timeout=30)
+        sc = subprocess.run(
+            ["shellcheck", "-S", "warning", str(INSTALL)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert sc.returncode == 0, sc.stdout
 
 
@@ -280,9 +292,11 @@ def _tiny_model(path: Path) -> None:
         helper.make_node("MatMul", ["f", "G"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 128, 256])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], [w, g],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [w, g],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -292,7 +306,9 @@ def _tiny_model(path: Path) -> None:
 def _run_sandboxed(mode: str, model: Path, port: int = 0) -> str:
     proc = subprocess.run(
         [sys.executable, "-c", _SANDBOXED_CHILD, mode, str(model), str(port)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
@@ -325,7 +341,9 @@ def test_memory_deny_write_execute_decision(tmp_path: Path, unit) -> None:
 def test_daemon_dependencies_run_under_system_service_filter(tmp_path: Path) -> None:
     listing = subprocess.run(
         ["systemd-analyze", "syscall-filter", "--no-pager"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
     groups: dict[str, list[str]] = {}
     current = None
@@ -358,8 +376,9 @@ def test_daemon_dependencies_run_under_system_service_filter(tmp_path: Path) -> 
             port = s.getsockname()[1]
         conf = tmp_path / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        broker = subprocess.Popen(["mosquitto", "-c", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:

@@ -124,6 +124,7 @@ def test_clips_can_be_listed_under_an_existing_label(synth: Path, inputs, tmp_pa
     with (tmp_path / "as-clapping" / "meta" / "esc50.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["category"], r["target"]) for r in rows} == {("clapping", "22")}
+
     # Only the listing differs (names carry the target): the same seed, the same audio.
     def audio(out: Path) -> list[bytes]:
         return [v for k, v in sorted(_files(out).items()) if k.startswith("audio/")]

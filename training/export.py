@@ -159,8 +159,9 @@ def parity_inputs_from(
     return ((np.asarray(cache.mels[np.unique(rows)], np.float32) - fe.mean) / fe.std)[:, None]
 
 
-def export_module(model: torch.nn.Module, out_path: str | Path, meta: ModelMetadata,
-                  opset: int = 17) -> str:
+def export_module(
+    model: torch.nn.Module, out_path: str | Path, meta: ModelMetadata, opset: int = 17
+) -> str:
     """Export an untrained or in-memory model with Claudio metadata, without a parity check
     (benchmarks of an architecture's cost, where the weights do not matter)."""
     shape = (1, meta.frontend.n_mels, meta.frontend.n_frames)

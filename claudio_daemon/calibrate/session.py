@@ -273,8 +273,7 @@ def _summary(
         f"  input               {where}",
         f"  background floor    {noise.floor_db:6.1f} dBFS (high-passed, as the clap detector "
         f"sees it; plain level {noise.raw_level_db:.1f} dBFS)",
-        f"  background rises    {noise.upper_db:6.1f} dB above its floor (99.5 % of the time "
-        "less)",
+        f"  background rises    {noise.upper_db:6.1f} dB above its floor (99.5 % of the time less)",
         f"  claps heard         {claps.count} of {claps.asked}"
         + (f" ({claps.others} other sounds ignored)" if claps.others else ""),
         f"  clap level          {claps.level_db:6.1f} dBFS (softest {claps.quietest_db:.1f}, "

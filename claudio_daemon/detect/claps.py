@@ -488,4 +488,3 @@ class BusyBackgroundGate:
             ok = cand.level_db >= typical + s.busy_margin_db
         self._recent.append((cand.sample, cand.level_db))
         return ok
-

@@ -25,7 +25,7 @@ class Topics:
 
     @property
     def available(self) -> str:
-        """"online" after connecting; "offline" as retained last will and on clean stop."""
+        """ "online" after connecting; "offline" as retained last will and on clean stop."""
         return f"{self.prefix}/available"
 
     @property

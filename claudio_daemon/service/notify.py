@@ -170,8 +170,12 @@ class SystemdNotifier:
                 if not self._send_failed_logged:
                     self._send_failed_logged = True
                     name = errno.errorcode.get(exc.errno or 0, "?")
-                    log.debug("sd_notify to %r failed (%s: %s); further failures are silent",
-                              self._address, name, exc.strerror or exc)
+                    log.debug(
+                        "sd_notify to %r failed (%s: %s); further failures are silent",
+                        self._address,
+                        name,
+                        exc.strerror or exc,
+                    )
                 return False
 
 

@@ -194,8 +194,12 @@ class Reloader(Generic[T]):
             self._apply(value)
         except Exception as exc:
             self.last_error = _error_line(exc, self.path)
-            log.error("could not apply the new %s: %s - keeping the previous %s",
-                      self._what, self.last_error, self._what)
+            log.error(
+                "could not apply the new %s: %s - keeping the previous %s",
+                self._what,
+                self.last_error,
+                self._what,
+            )
             return ReloadResult.REJECTED
         self.last_error = None
         summary = self._describe(value)

@@ -502,9 +502,7 @@ class _StrictFedAvg(FedAvg):
         log.debug("round %d trains clients %s", server_round, [self.rank[n] for n in chosen])
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return [
-            Message(record, dst_node_id=n, message_type=MessageType.TRAIN) for n in chosen
-        ]
+        return [Message(record, dst_node_id=n, message_type=MessageType.TRAIN) for n in chosen]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

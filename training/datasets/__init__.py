@@ -82,8 +82,6 @@ def merge_manifests(manifests: list[Manifest]) -> Manifest:
     return Manifest(items, tuple(labels), name, any(m.multi_label for m in manifests))
 
 
-def load_datasets(
-    roots: list[str | Path], layout: str = "auto", split: str = "dev"
-) -> Manifest:
+def load_datasets(roots: list[str | Path], layout: str = "auto", split: str = "dev") -> Manifest:
     """`load_dataset` for one or more folders, merged with `merge_manifests`."""
     return merge_manifests([load_dataset(r, layout, split) for r in roots])
