@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/claps.py --data ../shared/data/esc50-16k-folds123 \\
         --data ../shared/data/esc50-fold4-dev --seed 0 --per-cell 12 --snrs 20,10,5,0 \\
-        (--model FILE | --no-classifier) [--folds 1,2] --out bench/results/claps
+        (--model FILE | --no-classifier) [--folds 1,2] [--max-count 4] --out bench/results/claps
 
 Scenes come from `bench.scenes` (any folder in ESC-50 layout, fixed by the seed): patterns
 of 1-4 real claps with gaps of 0.2-0.7 s over real backgrounds at each SNR, and scenes
 with no command (knocks in twos and threes, footsteps, dog, glass, coughing, laughing,
 mouse clicks, can opening, applause). Every scene is replayed block by block through the
-daemon's own `Pipeline` (rules with clap triggers for 1..4 claps, so the grouper decides
-"at once" at four) and, on the same audio, through the amplitude-threshold baseline
-(`bench.baseline`).
+daemon's own `Pipeline` (rules with clap triggers for 1..N claps, N = --max-count, 4 by
+default, so the grouper decides "at once" at N) and, on the same audio, through the
+amplitude-threshold baseline (`bench.baseline`). The largest count matters: after it the
+grouper waits a short guard for more claps (applause) instead of the full pause, so
+`--max-count 3` measures what the shipped rules (two and three claps) do; their 4-clap
+scenes then have no right answer but "nothing".
 
 Scoring, the same for both systems:
 
@@ -19,7 +22,7 @@ Scoring, the same for both systems:
   true positive for that count; otherwise a false negative for the true count, and every
   reported pattern is a false positive for its own count. Precision, recall and F1 per
   (count, SNR); patterns before the first clap are counted separately (`early`).
-* scenes with no command: every pattern of 2..4 claps (what a rule would act on) is a
+* scenes with no command: every pattern of 2..N claps (what a rule would act on) is a
   false trigger; reported per hour of such audio.
 * decision latency: decided sample minus the last true clap, for true positives.
 
@@ -57,22 +60,24 @@ log = logging.getLogger("bench.claps")
 
 SR = sc.SAMPLE_RATE
 BLOCK = 1024
+#: The largest clap count of the bench's rules unless --max-count says otherwise.
 MAX_COUNT = 4
 #: A pattern whose first clap is this much before the first true clap still answers it.
 EARLY_SLACK = int(0.05 * SR)
-RULES = """\
-model: {{path: {model}, threads: 1, classify_every_s: 10.0}}
-appliances:
-  a1: {{preset: tasmota, topic: a1}}
-  a2: {{preset: tasmota, topic: a2}}
-  a3: {{preset: tasmota, topic: a3}}
-  a4: {{preset: tasmota, topic: a4}}
-triggers:
-  - {{claps: 1, actions: [a1: toggle]}}
-  - {{claps: 2, actions: [a2: toggle]}}
-  - {{claps: 3, actions: [a3: toggle]}}
-  - {{claps: 4, actions: [a4: toggle]}}
-"""
+
+
+def bench_rules(model: Path | None, max_count: int = MAX_COUNT) -> str:
+    """rules.yaml text with one clap trigger per count 1..max_count."""
+    lines = [
+        f"model: {{path: {model if model else 'null'}, threads: 1, classify_every_s: 10.0}}",
+        "appliances:",
+        *(f"  a{n}: {{preset: tasmota, topic: a{n}}}" for n in range(1, max_count + 1)),
+        "triggers:",
+        *(f"  - {{claps: {n}, actions: [a{n}: toggle]}}" for n in range(1, max_count + 1)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 SYSTEMS = ("claudio", "baseline")
 
 
@@ -82,7 +87,11 @@ SYSTEMS = ("claudio", "baseline")
 Runner = Callable[[np.ndarray], list[ClapPattern]]
 
 
-def claudio_runner(model: Path | None, clap_settings: dict[str, str] | None = None) -> Runner:
+def claudio_runner(
+    model: Path | None,
+    clap_settings: dict[str, str] | None = None,
+    max_count: int = MAX_COUNT,
+) -> Runner:
     """A fresh daemon `Pipeline` per scene, fed in sound-card-sized blocks.
 
     Sound-event classification (not measured here) runs only every 10 s to save time; the
@@ -92,11 +101,11 @@ def claudio_runner(model: Path | None, clap_settings: dict[str, str] | None = No
     from claudio_daemon.pipeline import Pipeline
     from claudio_daemon.rules.loader import parse_rules
 
-    text = RULES.format(model=model if model else "null")
+    text = bench_rules(model, max_count)
     if clap_settings:
         text += "claps:\n" + "".join(f"  {k}: {v}\n" for k, v in clap_settings.items())
     rules = parse_rules(text, "bench-rules.yaml")
-    assert rules.max_clap_count() == MAX_COUNT
+    assert rules.max_clap_count() == max_count
     classifier = OnnxClassifier(model, device="cpu", threads=1) if model else None
 
     def run(audio: np.ndarray) -> list[ClapPattern]:
@@ -171,7 +180,7 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
 
 
-def summarise(results: list[SceneResult]) -> dict:
+def summarise(results: list[SceneResult], max_count: int = MAX_COUNT) -> dict:
     """Per (count, SNR) P/R/F1, false triggers per hour, latency percentiles."""
     tp: dict = defaultdict(int)
     fp: dict = defaultdict(int)
@@ -198,8 +207,8 @@ def summarise(results: list[SceneResult]) -> dict:
                 fp[(c, r.snr_db)] += 1
     cells = {}
     # A wrong count is a false positive of its own cell, even with no scenes of that count;
-    # counts above MAX_COUNT (the baseline has no limit) only enter the per-SNR totals.
-    for key in sorted(set(n_scenes) | {k for k in fp if k[0] <= MAX_COUNT}):
+    # counts above max_count (the baseline has no limit) only enter the per-SNR totals.
+    for key in sorted(set(n_scenes) | {k for k in fp if k[0] <= max_count}):
         cells[f"{key[0]}@{key[1]:g}"] = {
             "count": key[0],
             "snr_db": key[1],
@@ -218,11 +227,12 @@ def summarise(results: list[SceneResult]) -> dict:
     triggers = defaultdict(int)
     seconds = defaultdict(float)
     for r in neg:
-        triggers[r.kind] += sum(1 for c in r.answer if 2 <= c <= MAX_COUNT)
+        triggers[r.kind] += sum(1 for c in r.answer if 2 <= c <= max_count)
         seconds[r.kind] += r.seconds
     total = sum(triggers.values())
     lat = np.array(latencies, dtype=float)
     return {
+        "max_count": max_count,
         "cells": cells,
         "per_snr": per_snr,
         "by_background": {
@@ -289,7 +299,7 @@ def markdown_table(summary: dict[str, dict], header: str = "") -> str:
     cf, bf = c["false_triggers"], b["false_triggers"]
     lines += [
         "",
-        f"False triggers (patterns of 2-{MAX_COUNT} claps in {cf['hours'] * 60:.1f} min of "
+        f"False triggers (patterns of 2-{c['max_count']} claps in {cf['hours'] * 60:.1f} min of "
         "audio with no command):",
         "",
         "| scene kind | Claudio triggers | Claudio per hour | baseline triggers "
@@ -363,6 +373,7 @@ def run_benchmark(
     distractors: Sequence[str] = sc.DISTRACTOR_CLIPS,
     progress: bool = True,
     clap_settings: dict[str, str] | None = None,
+    max_count: int = MAX_COUNT,
 ) -> dict:
     """Build the scenes, replay them through both systems and score them."""
     t0 = time.perf_counter()
@@ -380,7 +391,7 @@ def run_benchmark(
     threshold = baseline_threshold(claps)
     t_build = time.perf_counter() - t0
     runners = {
-        "claudio": claudio_runner(model, clap_settings),
+        "claudio": claudio_runner(model, clap_settings, max_count),
         "baseline": baseline_runner(threshold),
     }
     results: dict[str, list[SceneResult]] = {s: [] for s in SYSTEMS}
@@ -397,7 +408,7 @@ def run_benchmark(
             patterns = runner(scene.audio)
             timing[system] += time.perf_counter() - t
             results[system].append(score_scene(scene, patterns))
-    summary = {s: summarise(results[s]) for s in SYSTEMS}
+    summary = {s: summarise(results[s], max_count) for s in SYSTEMS}
     return {
         "config": {
             "data": [str(d) for d in data],
@@ -408,7 +419,7 @@ def run_benchmark(
             "clap_folds": None if clap_folds is None else list(clap_folds),
             "model": str(model) if model else None,
             "clap_settings": clap_settings or {},
-            "max_count": MAX_COUNT,
+            "max_count": max_count,
             "single_claps": len(claps),
             "baseline_threshold": threshold,
             "scenes": len(scenes),
@@ -461,6 +472,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a `claps:` setting of the daemon (repeatable)",
     )
+    ap.add_argument(
+        "--max-count",
+        type=int,
+        choices=(2, 3, 4),
+        default=MAX_COUNT,
+        help="largest clap count of the bench's rules (3 = the shipped rules' largest)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -480,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         clap_folds=args.clap_folds,
         progress=not args.quiet,
         clap_settings=dict(kv.split("=", 1) for kv in args.clap_setting),
+        max_count=args.max_count,
     )
     cfg = res["config"]
     title = (
@@ -490,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else ""
         )
         + f"{'model ' + Path(cfg['model']).name if cfg['model'] else 'no classifier'}"
+        + (f", rules up to {cfg['max_count']} claps" if cfg["max_count"] != MAX_COUNT else "")
     )
     header = (
         f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "

@@ -98,3 +98,32 @@ def test_benchmark_runs_both_systems_on_the_same_scenes(shared_data, tmp_path, t
     assert "| claps | SNR dB | scenes | Claudio P | Claudio R | Claudio F1 " in table
     assert "baseline F1" in table and "per hour" in table and "p95" in table
     assert (out / "f1_vs_snr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_false_triggers_count_only_what_the_rules_act_on() -> None:
+    # The baseline has no largest count: its 4 is a command under rules up to 4 claps and
+    # nothing under the shipped rules (up to 3).
+    knock = Scene(np.zeros(36 * SR, np.float32), (), 0, "door_knock", 10.0, "rain")
+    three = ClapPattern(3, (SR, int(1.3 * SR), int(1.6 * SR)), 3 * SR, -20.0)
+    four = ClapPattern(4, (5 * SR, int(5.3 * SR), int(5.6 * SR), 6 * SR), 7 * SR, -20.0)
+    fired = score_scene(knock, [three, four])
+    assert summarise([fired])["false_triggers"]["total"] == 2
+    assert summarise([fired], max_count=3)["false_triggers"]["total"] == 1
+
+
+def test_benchmark_can_use_the_shipped_rules_largest_count(
+    shared_data, tmp_path, tiny_onnx_model
+) -> None:
+    out = tmp_path / "res3"
+    argv = ["--data", str(shared_data / "esc50-16k-folds123"), "--folds", "2", "--seed", "3"]
+    argv += ["--per-cell", "1", "--snrs", "20", "--no-classifier", "--max-count", "3"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["max_count"] == 3
+    claudio = res["scenes"]["claudio"]
+    # The daemon decides at three: a fourth clap is applause, never a pattern of four, so
+    # the 4-clap scenes are still played and scored but cannot be hits.
+    assert all(c <= 3 for s in claudio for c in s["answer"])
+    four = [s for s in claudio if s["count"] == 4]
+    assert four and all(s["latency_s"] is None for s in four)
+    assert "patterns of 2-3 claps" in (out / "table.md").read_text()
