@@ -37,9 +37,10 @@ clap would fire on the first claps of every applause. The grouper therefore wait
 guard derived from the group's own rhythm: `max_count_guard_factor` times its longest gap
 (at least `max_count_guard_min_s`, at most `end_silence_s`). People who clap a command
 stop; applause keeps the rhythm, so its next clap falls inside the guard and turns the
-group into applause. With gaps of 0.2-0.7 s this decides 0.4-0.9 s after the last clap
-instead of always `end_silence_s`; the floor of 0.4 s is for applause, whose rhythm is
-fast but uneven (after gaps of 0.14 and 0.2 s the next clap may come 0.27 s later).
+group into applause. With gaps of 0.2-0.7 s this decides 0.7-0.9 s after the last clap
+instead of always `end_silence_s`; the floor of 0.7 s is for applause and steps, whose
+rhythm is uneven (after gaps of 0.14 and 0.2 s the next clap may come 0.27 s later, after
+steps 0.37 and 0.28 s apart the next 0.62 s later).
 """
 
 from __future__ import annotations
