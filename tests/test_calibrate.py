@@ -251,7 +251,7 @@ def test_proposal_logic_and_warnings() -> None:
     weak = ClapReport(1, SAMPLE_RATE, 5.0, (_cand(0, -15.0),), 0, -3.0)
     p = propose(loud, weak, ClapSettings(), device="mic", sample_rate=SAMPLE_RATE)
     assert p.calibration.onset_threshold_db == pytest.approx(11.0)  # 9 + 2, above 10 - 6
-    assert (p.calibration.min_gap_s, p.calibration.max_gap_s) == (0.12, 0.9)  # kept
+    assert (p.calibration.min_gap_s, p.calibration.max_gap_s) == (0.15, 0.9)  # kept
     text = " ".join(p.warnings)
     for part in ("too noisy", "loud", "clipped", "clap-like"):
         assert part in text

@@ -30,12 +30,12 @@ SOURCES = {
         "1-104089-A-22.flac",  # clapping
     ),
     "esc50-fold4-dev": (
-        "4-201300-A-31.wav",  # mouse_click
-        "4-117627-A-25.wav",  # footsteps
+        "4-188003-A-34.wav",  # can_opening
+        "4-204115-A-39.wav",  # glass_breaking
         "4-163264-A-10.wav",  # rain
     ),
 }
-LATE = ("4-117627-A-25.wav",)
+LATE = ("4-204115-A-39.wav",)
 
 
 def _subset(src: Path, dst: Path, names: tuple[str, ...]) -> None:

@@ -41,7 +41,7 @@ class Calibration(StrictModel):
     onset_threshold_db: float = Field(
         ..., ge=3.0, le=60.0, description="Suggested onset threshold above the noise floor (dB)."
     )
-    min_gap_s: float = Field(0.12, ge=0.03, le=2.0, description="Suggested shortest clap gap.")
+    min_gap_s: float = Field(0.15, ge=0.03, le=2.0, description="Suggested shortest clap gap.")
     max_gap_s: float = Field(0.9, ge=0.1, le=5.0, description="Suggested longest clap gap.")
     end_silence_s: float = Field(0.9, ge=0.1, le=5.0, description="Suggested end silence.")
     created: str = Field(
