@@ -453,10 +453,13 @@ def _roll_call(grid: Grid, wanted: int, timeout_s: float = 600.0) -> list[int]:
     lets `_StrictFedAvg` sample from a fixed order instead.
     """
     deadline = time.monotonic() + timeout_s
+    seen = -1
     while len(nodes := sorted(grid.get_node_ids())) < wanted:
         if time.monotonic() > deadline:
             raise FederatedError(f"only {len(nodes)} of {wanted} clients connected")
-        log.info("waiting for clients: %d of %d connected", len(nodes), wanted)
+        if len(nodes) != seen:
+            log.info("waiting for clients: %d of %d connected", len(nodes), wanted)
+            seen = len(nodes)
         time.sleep(1.0)
     asks = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     keys: dict[int, int] = {}
@@ -477,14 +480,17 @@ class _StrictFedAvg(FedAvg):
 
     Sampling: `order` is the roll call's (clients by partition id) and each round draws from
     it with its own seeded generator, so a rerun trains the same clients in the same rounds.
-    Replies are averaged in that order too (float sums depend on it). A client that fails
-    stops the run instead of being silently averaged out.
+    A node that connects after the roll call (a deployed home joining late) is sampled too,
+    after the known ones in node-id order; only then may a rerun differ. Replies are
+    averaged in the sampled order (float sums depend on it). A client that fails stops the
+    run instead of being silently averaged out.
     """
 
     def __init__(self, *, order: list[int], seed: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.order, self.seed = list(order), int(seed)
-        self.rank = {node: i for i, node in enumerate(self.order)}
+        #: Where each node sampled this round stands in the sample (the averaging order).
+        self.rank: dict[int, int] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -492,14 +498,15 @@ class _StrictFedAvg(FedAvg):
         if self.fraction_train == 0.0:
             return []
         live = set(grid.get_node_ids())
-        pool = [n for n in self.order if n in live]
+        pool = [n for n in self.order if n in live] + sorted(live - set(self.order))
         size = max(int(len(pool) * self.fraction_train), self.min_train_nodes)
         if len(pool) < size:
             raise FederatedError(
                 f"round {server_round}: {len(pool)} clients connected, {size} needed"
             )
         chosen = random.Random(self.seed * 1_000_003 + server_round).sample(pool, size)
-        log.debug("round %d trains clients %s", server_round, [self.rank[n] for n in chosen])
+        self.rank = {node: i for i, node in enumerate(chosen)}
+        log.debug("round %d trains nodes %s", server_round, chosen)
         config["server-round"] = server_round
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(record, dst_node_id=n, message_type=MessageType.TRAIN) for n in chosen]
