@@ -277,7 +277,7 @@ class ClapSettings(StrictModel):
     # sets at no cost, but on a third, fresh one it saved nothing at 10 dB and above and
     # let a footstep pattern through at 20 dB, so the default stays 0. Again with claps at
     # least 0.15 s apart and the 0.7 s guard, over five held-out sets: 0.05 found 9 more
-    # real commands (one a 2-clap at 10 dB, most at 5 and 0 dB) and let 8 false triggers
+    # exact patterns (one a 2-clap at 10 dB, most at 5 and 0 dB) and let 8 false triggers
     # through instead of 6 (a can, steps); 0 keeps the lamp from toggling by itself.
     veto_margin: float = Field(
         0.0,
