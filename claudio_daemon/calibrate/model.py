@@ -23,6 +23,9 @@ class CalibrationError(ValueError):
     """A calibration file is missing, unreadable or invalid (the message names the file)."""
 
 
+_CLAP_DEFAULTS = ClapSettings.model_fields
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -41,9 +44,25 @@ class Calibration(StrictModel):
     onset_threshold_db: float = Field(
         ..., ge=3.0, le=60.0, description="Suggested onset threshold above the noise floor (dB)."
     )
-    min_gap_s: float = Field(0.15, ge=0.03, le=2.0, description="Suggested shortest clap gap.")
-    max_gap_s: float = Field(0.9, ge=0.1, le=5.0, description="Suggested longest clap gap.")
-    end_silence_s: float = Field(0.9, ge=0.1, le=5.0, description="Suggested end silence.")
+    # A file without gaps keeps the detector's own defaults (one place to change them).
+    min_gap_s: float = Field(
+        _CLAP_DEFAULTS["min_gap_s"].default,
+        ge=0.03,
+        le=2.0,
+        description="Suggested shortest clap gap.",
+    )
+    max_gap_s: float = Field(
+        _CLAP_DEFAULTS["max_gap_s"].default,
+        ge=0.1,
+        le=5.0,
+        description="Suggested longest clap gap.",
+    )
+    end_silence_s: float = Field(
+        _CLAP_DEFAULTS["end_silence_s"].default,
+        ge=0.1,
+        le=5.0,
+        description="Suggested end silence.",
+    )
     created: str = Field(
         default_factory=_now_iso, description="When the calibration was made (ISO 8601)."
     )
