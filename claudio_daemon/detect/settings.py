@@ -128,10 +128,11 @@ class ClapSettings(StrictModel):
     # 0.15 s (was 0.12): a third of the detector's false patterns over five bench scene sets
     # (137 of 404 with the default rules) had two "claps" 0.12-0.15 s apart, one sound's two
     # hits: a footstep's heel and toe, a mouse button's press and release, a can's crack and
-    # fizz, a cough's two bursts. Nobody claps a command that fast (the bench's commands are
-    # 0.2-0.7 s apart; `calibrate` sets half the user's own shortest gap). On the held-out
-    # bench it halved the false triggers (seeds 0-3: 8 -> 4; fresh seed 4: 4 -> 2; with the
-    # shipped rules 13 -> 7 over the five) and changed no real command at any SNR.
+    # fizz, a cough's two bursts. A command clapped faster than that is now lost; the bench's
+    # commands are 0.2-0.7 s apart, so it cannot show how rare that is (`calibrate` sets half
+    # the user's own shortest gap instead). On the held-out bench it halved the false
+    # triggers (seeds 0-3: 8 -> 4; fresh seed 4: 4 -> 2; with the shipped rules 13 -> 7 over
+    # the five) and changed no exact pattern at any SNR.
     min_gap_s: float = Field(
         0.15,
         ge=0.03,
