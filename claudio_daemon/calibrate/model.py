@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -23,7 +24,13 @@ class CalibrationError(ValueError):
     """A calibration file is missing, unreadable or invalid (the message names the file)."""
 
 
-_CLAP_DEFAULTS = ClapSettings.model_fields
+def _clap_setting(name: str, description: str) -> Any:
+    """The clap detector's own default and bounds for one of its settings: a file without
+    the value keeps the default, and a file can only suggest what `ClapSettings` accepts
+    (one place to change either)."""
+    src = ClapSettings.model_fields[name]
+    bounds = {b: getattr(m, b) for m in src.metadata for b in ("ge", "le") if hasattr(m, b)}
+    return Field(src.default, description=description, **bounds)
 
 
 def _now_iso() -> str:
@@ -44,25 +51,9 @@ class Calibration(StrictModel):
     onset_threshold_db: float = Field(
         ..., ge=3.0, le=60.0, description="Suggested onset threshold above the noise floor (dB)."
     )
-    # A file without gaps keeps the detector's own defaults (one place to change them).
-    min_gap_s: float = Field(
-        _CLAP_DEFAULTS["min_gap_s"].default,
-        ge=0.03,
-        le=2.0,
-        description="Suggested shortest clap gap.",
-    )
-    max_gap_s: float = Field(
-        _CLAP_DEFAULTS["max_gap_s"].default,
-        ge=0.1,
-        le=5.0,
-        description="Suggested longest clap gap.",
-    )
-    end_silence_s: float = Field(
-        _CLAP_DEFAULTS["end_silence_s"].default,
-        ge=0.1,
-        le=5.0,
-        description="Suggested end silence.",
-    )
+    min_gap_s: float = _clap_setting("min_gap_s", "Suggested shortest clap gap.")
+    max_gap_s: float = _clap_setting("max_gap_s", "Suggested longest clap gap.")
+    end_silence_s: float = _clap_setting("end_silence_s", "Suggested end silence.")
     created: str = Field(
         default_factory=_now_iso, description="When the calibration was made (ISO 8601)."
     )
