@@ -1,6 +1,7 @@
-"""scripts/crossval.sh, the model card's cross-validation, run for real on a few real
-recordings with one epoch a step: the held-out fold stays out of both statistics, its real
-clips are scored, and a second start redoes nothing."""
+"""scripts/crossval.sh and scripts/train_model.sh, the model card's recipe as commands, run
+for real on a few real recordings with one epoch a step: a held-out fold stays out of both
+statistics and its real clips are scored, a second start redoes nothing, and the model
+trained on every fold is one the daemon loads."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from claudio_daemon.model.classifier import OnnxClassifier
 from tests.conftest import ROOT
 from tests.esc50_helpers import copy_esc50_subset
+from training.synth_claps import load_22k
 
-SCRIPT = ROOT / "scripts" / "crossval.sh"
+SCRIPTS = ROOT / "scripts"
 #: One recording of each per fold: claps to cut, backgrounds to lay them over, and sounds
 #: whose transients the clap detector mines as hard negatives.
 CLASSES = ("clapping", "rain", "clock_tick", "can_opening", "mouse_click")
@@ -38,7 +41,9 @@ def data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _crossval(*args: str, data: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _script(
+    name: str, *args: str, data: Path, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "DATA": str(data),
@@ -49,7 +54,7 @@ def _crossval(*args: str, data: Path, timeout: float = 900) -> subprocess.Comple
         "MINE_COMMIT": "HEAD",
     }
     return subprocess.run(
-        [str(SCRIPT), *args],
+        [str(SCRIPTS / name), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -61,13 +66,13 @@ def _crossval(*args: str, data: Path, timeout: float = 900) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def work(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("crossval")
-    res = _crossval("--work", str(work), "4", data=data)
+    res = _script("crossval.sh", "--work", str(work), "4", data=data)
     assert res.returncode == 0, res.stderr[-4000:]
     return work
 
 
 def test_the_test_fold_is_held_out_and_scored_on_its_real_clips(work: Path) -> None:
-    for cache in ("esc50-cv4", "esc50-claps-cv4"):
+    for cache in ("esc50-fold4", "esc50-claps-fold4"):
         stats = json.loads((work / "cache" / cache / "stats.json").read_text())
         assert stats["folds"] == ["2", "3"], cache
     run = work / "runs" / "fold4"
@@ -90,15 +95,40 @@ def test_a_second_start_redoes_nothing(work: Path, data: Path) -> None:
     ]
     before = [p.stat().st_mtime_ns for p in trained]
     summary = (work / "summary.md").read_text()
-    res = _crossval("--work", str(work), "4", data=data)
+    res = _script("crossval.sh", "--work", str(work), "4", data=data)
     assert res.returncode == 0, res.stderr[-4000:]
     assert [p.stat().st_mtime_ns for p in trained] == before
     assert (work / "summary.md").read_text() == summary
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:
-    res = _crossval("--work", str(tmp_path), data=tmp_path)
+    res = _script("crossval.sh", "--work", str(tmp_path), data=tmp_path)
     assert res.returncode == 2 and "name the test folds" in res.stderr
-    res = _crossval("--work", str(tmp_path), "4", data=tmp_path / "nowhere")
+    res = _script("crossval.sh", "--work", str(tmp_path), "4", data=tmp_path / "nowhere")
     assert res.returncode == 1
     assert f"{tmp_path / 'nowhere'}/esc50-16k-folds123/meta/esc50.csv not found" in res.stderr
+    res = _script("train_model.sh", "--work", str(tmp_path), "--epochs", "3", data=tmp_path)
+    assert res.returncode == 2 and "unknown argument '--epochs'" in res.stderr
+
+
+def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> None:
+    out = work / "shipped" / "model.onnx"
+    # Same work folder: the inputs cross-validation built are reused, not rebuilt.
+    inputs = [work / "cache" / "esc50-claps" / ".done", work / "data" / "mined" / ".done"]
+    before = [p.stat().st_mtime_ns for p in inputs]
+    res = _script("train_model.sh", "--work", str(work), "--out", str(out), data=data)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert [p.stat().st_mtime_ns for p in inputs] == before
+    assert f"wrote {out}" in res.stderr
+
+    clf = OnnxClassifier(out, device="cpu")
+    assert clf.metadata.training_data["held_out_folds"] == []
+    assert clf.metadata.training_data["train_folds"] == ["2", "3", "4"]
+    assert clf.labels[-1] == "clap_pattern" and "clapping" in clf.labels
+    stats = json.loads((work / "cache" / "esc50-claps-all" / "stats.json").read_text())
+    assert clf.frontend.mean == pytest.approx(stats["mean"])
+    assert clf.frontend.std == pytest.approx(stats["std"])
+    clip = next((data / "esc50-fold4-dev" / "audio").glob("*-22.wav"))  # clapping
+    scores = clf.classify_audio(load_22k(clip))
+    assert set(scores) == set(clf.labels)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())

@@ -1,0 +1,127 @@
+# The shipped model's training recipe (models/README.md), sourced by scripts/train_model.sh
+# and scripts/crossval.sh so that the model and its cross-validation cannot drift apart.
+# The caller sets ROOT and WORK. Every stage leaves a marker when it finishes and is skipped
+# next time; a `fit` that was cut short is resumed, so a run can simply be started again.
+#
+# Environment: BASE_EPOCHS (60), STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
+# MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
+# "HEAD" mines with this checkout's detector instead, which finds fewer patterns).
+
+BASE_EPOCHS=${BASE_EPOCHS:-60}
+STEP2_EPOCHS=${STEP2_EPOCHS:-24}
+SEED=${SEED:-0}
+DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
+MINE_COMMIT=${MINE_COMMIT:-dca555f}
+PY=$ROOT/.venv/bin/python
+T=$ROOT/.venv/bin/claudio-train
+E16=$DATA/esc50-16k-folds123
+E44=$DATA/esc50-fold4-dev
+
+say() { echo "[$(date +%H:%M:%S)] $(basename "$0" .sh): $*" >&2; }
+die() { echo "$(basename "$0" .sh): $*" >&2; exit "${2:-1}"; }
+
+recipe_check() {
+    [ -x "$T" ] || die "$T missing; run scripts/setup.sh --train first"
+    local d
+    for d in "$E16" "$E44"; do
+        [ -f "$d/meta/esc50.csv" ] || die "$d/meta/esc50.csv not found (DATA=$DATA)"
+    done
+    mkdir -p "$WORK/runs"
+}
+
+# The inputs every split shares, built once: the real clips' cache, the synthetic clap
+# clips, the mined hard negatives and the step-2 cache. Splits differ only in what they
+# leave out.
+recipe_inputs() {
+    if [ ! -f "$WORK/cache/esc50/.done" ]; then
+        say "caching the real recordings"
+        "$T" precache "$E16" "$E44" --cache "$WORK/cache/esc50"
+        touch "$WORK/cache/esc50/.done"
+    fi
+    if [ ! -f "$WORK/data/synth-claps/.done" ]; then
+        say "writing synthetic clap clips"
+        "$T" synth-claps "$E16" "$E44" --out "$WORK/data/synth-claps" --per-fold 50 \
+            --seed "$SEED" --min-clap-margin-db 12 --force
+        touch "$WORK/data/synth-claps/.done"
+    fi
+    if [ ! -f "$WORK/data/mined/.done" ]; then
+        local mine=(mine-patterns "$E16" "$E44" --out "$WORK/data/mined" --seed "$SEED"
+            --replays 2 --max-per-recording 2 --force)
+        if [ "$MINE_COMMIT" = HEAD ]; then
+            say "mining hard negatives with this checkout's detector"
+            "$T" "${mine[@]}"
+        else
+            local src=$WORK/mine-src-$MINE_COMMIT
+            if [ ! -d "$src" ]; then
+                git -C "$ROOT" worktree add --detach "$src" "$MINE_COMMIT" >/dev/null 2>&1 ||
+                    die "cannot check out commit $MINE_COMMIT (a shallow clone?); MINE_COMMIT=HEAD mines with this checkout instead"
+            fi
+            say "mining hard negatives with the detector of commit $MINE_COMMIT"
+            # -m with the old checkout as working directory imports its packages, not ours.
+            (cd "$src" && "$PY" -m training.cli "${mine[@]}")
+        fi
+        touch "$WORK/data/mined/.done"
+    fi
+    if [ ! -f "$WORK/cache/esc50-claps/.done" ]; then
+        say "caching the step-2 clips"
+        "$T" precache "$E16" "$E44" "$WORK/data/synth-claps" "$WORK/data/mined" \
+            --cache "$WORK/cache/esc50-claps"
+        touch "$WORK/cache/esc50-claps/.done"
+    fi
+}
+
+# recipe_fit OUT ARGS...: train into OUT unless it finished; continue a run cut short.
+recipe_fit() {
+    local out=$1
+    shift
+    [ -f "$out/.done" ] && return 0
+    if [ -f "$out/last.pt" ]; then
+        local args=() skip=0 a
+        for a in "$@"; do # --resume and --init-from exclude each other
+            if [ $skip = 1 ]; then skip=0; continue; fi
+            if [ "$a" = --init-from ]; then skip=1; continue; fi
+            args+=("$a")
+        done
+        "$T" fit --out "$out" --resume "${args[@]}"
+    else
+        "$T" fit --out "$out" "$@"
+    fi
+    touch "$out/.done"
+}
+
+# recipe_train NAME [FOLD]: both steps and the INT8 export into $WORK/runs/NAME, with FOLD
+# (its real, synthetic and mined clips) left out of the statistics and the training.
+recipe_train() {
+    local name=$1 fold=${2:-}
+    local run=$WORK/runs/$name c d
+    local split=(--patience 0 --seed "$SEED")
+    local stats=()
+    if [ -n "$fold" ]; then
+        split+=(--val-fold "$fold")
+        stats=(--exclude "$fold")
+    fi
+    mkdir -p "$run"
+    for c in esc50 esc50-claps; do
+        d=$WORK/cache/$c-$name
+        if [ ! -f "$d/stats.json" ]; then
+            rm -rf "$d"
+            cp -r "$WORK/cache/$c" "$d"
+            rm -f "$d/stats.json"
+            "$T" stats --cache "$d" "${stats[@]}"
+        fi
+    done
+    say "$name: step 1, the base model ($BASE_EPOCHS epochs; log: $run/base.log)"
+    recipe_fit "$run/base" --cache "$WORK/cache/esc50-$name" --model se_resnet18 \
+        --epochs "$BASE_EPOCHS" --batch-size 32 --lr 0.002 --weight-decay 0.05 \
+        --mixup-alpha 0.3 "${split[@]}" >>"$run/base.log" 2>&1
+    say "$name: step 2, the clap check's view ($STEP2_EPOCHS epochs; log: $run/claps.log)"
+    recipe_fit "$run/claps" --cache "$WORK/cache/esc50-claps-$name" \
+        --init-from "$run/base/last.pt" --model se_resnet18 --epochs "$STEP2_EPOCHS" \
+        --batch-size 32 --lr 0.0005 --weight-decay 0.05 --mixup-alpha 0.3 \
+        --segment-prob 0.5 "${split[@]}" >>"$run/claps.log" 2>&1
+    if [ ! -f "$run/export/model.int8.onnx" ]; then
+        say "$name: export (INT8)"
+        "$T" export "$run/claps/last.pt" --out "$run/export/model.onnx" \
+            --parity-data "$WORK/cache/esc50-claps-$name" --int8 >"$run/export.log" 2>&1
+    fi
+}
