@@ -7,7 +7,11 @@
 # and the step-1 base alone) and a table of all folds is written to WORK/summary.md.
 # Finished stages are skipped and a cut-short `fit` resumes: start it again to continue.
 #
-#   scripts/crossval.sh [--work DIR] [--jobs N] FOLD...      e.g. scripts/crossval.sh 1 2 3 4
+#   scripts/crossval.sh [--work DIR] [--jobs N] [--train-only] FOLD...
+#       e.g. scripts/crossval.sh 1 2 3 4
+#
+# --train-only stops after the export: where the recordings are not at hand (a GPU that got
+# the caches from `claudio-train pack-cache`, see scripts/gpu_lease.sh), score them later.
 #
 # Environment: see scripts/recipe.sh (epochs, seed, data folder, mining commit).
 # A 2-core CPU needs about 65 minutes a fold; run folds side by side only on a GPU.
@@ -16,12 +20,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$ROOT/runs/crossval
 JOBS=1
+SCORE=1
 FOLDS=()
 while [ $# -gt 0 ]; do
     case $1 in
         --work) WORK=$(realpath -m "$2"); shift 2 ;;
         --jobs) JOBS=$2; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --train-only) SCORE=0; shift ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         [1-9]) FOLDS+=("$1"); shift ;;
         *) echo "crossval: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -37,6 +43,7 @@ fold() {
     local k=$1 name model
     local run=$WORK/runs/fold$k
     recipe_train "fold$k" "$k"
+    [ $SCORE = 1 ] || { say "fold$k: trained (--train-only: not scored)"; return 0; }
     local test=$E16
     [ "$k" = 4 ] && test=$E44
     say "fold$k: scoring its real recordings"
@@ -64,6 +71,7 @@ for k in "${FOLDS[@]}"; do
     fi
 done
 for p in "${pids[@]}"; do wait "$p"; done
+[ $SCORE = 1 ] || exit 0
 
 "$PY" - "$WORK" "${FOLDS[@]}" <<'PYEOF'
 import json

@@ -5,15 +5,19 @@
 #
 # Environment: BASE_EPOCHS (60), STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
 # MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
-# "HEAD" mines with this checkout's detector instead, which finds fewer patterns).
+# "HEAD" mines with this checkout's detector instead, which finds fewer patterns), PYTHON
+# (.venv/bin/python: any interpreter that imports the training package and its extra).
+# Where both caches are already built, or unpacked from `claudio-train pack-cache`
+# (scripts/gpu_lease.sh), no recordings are needed.
 
 BASE_EPOCHS=${BASE_EPOCHS:-60}
 STEP2_EPOCHS=${STEP2_EPOCHS:-24}
 SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
-PY=$ROOT/.venv/bin/python
-T=$ROOT/.venv/bin/claudio-train
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+T=claudio_train
+claudio_train() { "$PY" -m training.cli "$@"; }
 E16=$DATA/esc50-16k-folds123
 E44=$DATA/esc50-fold4-dev
 
@@ -21,18 +25,23 @@ say() { echo "[$(date +%H:%M:%S)] $(basename "$0" .sh): $*" >&2; }
 die() { echo "$(basename "$0" .sh): $*" >&2; exit "${2:-1}"; }
 
 recipe_check() {
-    [ -x "$T" ] || die "$T missing; run scripts/setup.sh --train first"
+    "$PY" -c "import torch, training.cli" 2>/dev/null ||
+        die "$PY cannot import the training package; run scripts/setup.sh --train first"
+    mkdir -p "$WORK/runs"
+    recipe_cached && return 0
     local d
     for d in "$E16" "$E44"; do
         [ -f "$d/meta/esc50.csv" ] || die "$d/meta/esc50.csv not found (DATA=$DATA)"
     done
-    mkdir -p "$WORK/runs"
 }
+
+recipe_cached() { [ -f "$WORK/cache/esc50/.done" ] && [ -f "$WORK/cache/esc50-claps/.done" ]; }
 
 # The inputs every split shares, built once: the real clips' cache, the synthetic clap
 # clips, the mined hard negatives and the step-2 cache. Splits differ only in what they
 # leave out.
 recipe_inputs() {
+    recipe_cached && return 0
     if [ ! -f "$WORK/cache/esc50/.done" ]; then
         say "caching the real recordings"
         "$T" precache "$E16" "$E44" --cache "$WORK/cache/esc50"

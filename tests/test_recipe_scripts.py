@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from claudio_daemon.model.classifier import OnnxClassifier
 from tests.conftest import ROOT
 from tests.esc50_helpers import copy_esc50_subset
+from training.stats import compute_stats
 from training.synth_claps import load_22k
 
 SCRIPTS = ROOT / "scripts"
@@ -42,10 +44,11 @@ def data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _script(
-    name: str, *args: str, data: Path, timeout: float = 900
+    name: str, *args: str, data: Path, timeout: float = 900, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        **extra,
         "DATA": str(data),
         "BASE_EPOCHS": "1",
         "STEP2_EPOCHS": "1",
@@ -132,3 +135,56 @@ def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> 
     scores = clf.classify_audio(load_22k(clip))
     assert set(scores) == set(clf.labels)
     assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_a_gpu_lease_trains_from_the_packed_caches_alone(
+    work: Path, data: Path, tmp_path: Path
+) -> None:
+    lease, there, out = tmp_path / "lease", tmp_path / "there", tmp_path / "out"
+    res = _script(
+        "gpu_lease.sh",
+        "prepare",
+        "--work",
+        str(work),
+        "--lease",
+        str(lease),
+        "--no-wheels",
+        data=data,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (lease / "esc50.pack").is_file()
+    # There: no recordings, only the pack; PYTHON names the interpreter (python3 by default).
+    res = _script(
+        "gpu_lease.sh",
+        "train",
+        "--work",
+        str(there),
+        "--lease",
+        str(lease),
+        "--out",
+        str(out),
+        "2",
+        "all",
+        data=tmp_path / "no-recordings",
+        PYTHON=str(ROOT / ".venv" / "bin" / "python"),
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "all.int8.onnx",
+        "fold2.int8.onnx",
+        "logs.tar.gz",
+    ]
+    fold2 = OnnxClassifier(out / "fold2.int8.onnx", device="cpu")
+    assert fold2.metadata.training_data["held_out_folds"] == ["2"]
+    stats = json.loads((there / "cache" / "esc50-claps-fold2" / "stats.json").read_text())
+    assert stats["folds"] == ["3", "4"]
+    assert fold2.frontend.mean == pytest.approx(stats["mean"])
+    shipped = OnnxClassifier(out / "all.int8.onnx", device="cpu")
+    assert shipped.metadata.training_data["held_out_folds"] == []
+    # The unpacked cache gives the statistics of the original within its 0.3 dB steps.
+    reference = tmp_path / "reference"
+    shutil.copytree(work / "cache" / "esc50-claps", reference)
+    mean, std = compute_stats(reference)
+    assert shipped.frontend.mean == pytest.approx(mean, abs=0.2)
+    assert shipped.frontend.std == pytest.approx(std, abs=0.2)
+    assert shipped.frontend.mean != mean  # trained on the quantised copy, not the original

@@ -13,6 +13,11 @@ Isolated clap patterns (ESC-50's clapping is mostly applause), then fine-tuning 
     claudio-train synth-claps ../shared/data/esc50-16k-folds123 --out runs/synth-claps
     claudio-train mine-patterns ../shared/data/esc50-16k-folds123 --out runs/mined
     claudio-train fit --cache runs/cache2 --out runs/se18-claps --init-from runs/se18/best.pt
+
+Training on another machine (a GPU without the recordings; see scripts/gpu_lease.sh):
+
+    claudio-train pack-cache runs/cache runs/cache2 --out runs/esc50.pack
+    claudio-train unpack-cache runs/esc50.pack --into runs/unpacked
 """
 
 from __future__ import annotations
@@ -216,6 +221,37 @@ def stats(
     typer.echo(
         f"mean {mean:.4f} dB, std {std:.4f} dB over {idx.size} clips -> {cache / 'stats.json'}"
     )
+
+
+@app.command("pack-cache")
+@_friendly
+def pack_cache(
+    caches: Annotated[list[Path], typer.Argument(help="Cache folders from `precache`.")],
+    out: Annotated[Path, typer.Option("--out", help="The pack file to write.")],
+) -> None:
+    """Pack caches into one small file (one byte per value) to train on another machine."""
+    from training.pack import pack_caches
+
+    report = pack_caches(caches, out, progress=sys.stderr.isatty())
+    typer.echo(
+        f"packed {', '.join(report.caches)} into {report.path}: {report.rows} clips "
+        f"({report.shared_rows} shared), {report.path.stat().st_size / 1e6:.1f} MB, "
+        f"{report.step_db:.2f} dB steps"
+    )
+
+
+@app.command("unpack-cache")
+@_friendly
+def unpack_cache(
+    pack: Annotated[Path, typer.Argument(help="A file from `pack-cache`.")],
+    into: Annotated[Path, typer.Option("--into", help="Folder to unpack the caches into.")],
+    force: Annotated[bool, typer.Option(help="Replace caches already there.")] = False,
+) -> None:
+    """Unpack the caches of a `pack-cache` file, each into its own folder."""
+    from training.pack import unpack_caches
+
+    for cache_dir in unpack_caches(pack, into, force=force):
+        typer.echo(f"unpacked {cache_dir}")
 
 
 @app.command()

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The recipe (scripts/recipe.sh) on a lent GPU that takes 64 MiB a call and cannot reach the
+# network, as in Claudio's development setup (the `device` tool): everything it needs travels
+# in one git-ignored folder, the caches packed a byte a value (`claudio-train pack-cache`,
+# about 46 MB for ESC-50's two) and the wheels its image lacks (soundfile and cffi).
+#
+#   scripts/gpu_lease.sh prepare [--work DIR] [--lease DIR] [--no-wheels]
+#       here: build the recipe's inputs (as train_model.sh does), pack them into
+#       LEASE/esc50.pack and fetch the wheels into LEASE/whl (default LEASE: .lease)
+#   scripts/gpu_lease.sh train [--work DIR] [--lease DIR] [--out DIR] [TARGET...]
+#       there, in the repository root: unpack, then train every TARGET side by side (a
+#       test fold 1-4, trained without it as scripts/crossval.sh does, or "all", the
+#       shipped model's run; default: 1 2 3 4 all) and copy each INT8 model to
+#       OUT/TARGET.int8.onnx (default OUT: $OUT) with the logs in OUT/logs.tar.gz
+#
+# A call:  run(command="BASE_EPOCHS=160 scripts/gpu_lease.sh train", carry=[".lease"])
+# Score the returned models here with `claudio-train evaluate MODEL DATA --folds K --json`.
+# Environment as for scripts/recipe.sh; PYTHON defaults to python3 for `train`. A `train`
+# cut short resumes on the same machine (WORK defaults to runs/lease, kept between calls).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+LEASE=$ROOT/.lease
+WORK=
+DEST=${OUT:-}
+WHEELS=1
+TARGETS=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --work) WORK=$(realpath -m "$2"); shift 2 ;;
+        --lease) LEASE=$(realpath -m "$2"); shift 2 ;;
+        --out) DEST=$(realpath -m "$2"); shift 2 ;;
+        --no-wheels) WHEELS=0; shift ;;
+        [1-9] | all) TARGETS+=("$1"); shift ;;
+        *) echo "gpu_lease: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+case $cmd in
+    prepare)
+        WORK=${WORK:-$ROOT/runs/model}
+        . "$ROOT/scripts/recipe.sh"
+        recipe_check
+        recipe_inputs
+        mkdir -p "$LEASE"
+        say "packing the caches into $LEASE/esc50.pack"
+        "$T" pack-cache "$WORK/cache/esc50" "$WORK/cache/esc50-claps" --out "$LEASE/esc50.pack"
+        if [ $WHEELS = 1 ]; then
+            rm -rf "$LEASE/whl"
+            # Versions as in this environment; manylinux wheels for the image's Python 3.12.
+            pins=$("$PY" -c 'import importlib.metadata as m
+print(" ".join(f"{p}=={m.version(p)}" for p in ("soundfile", "cffi", "pycparser")))')
+            say "fetching wheels: $pins"
+            # shellcheck disable=SC2086
+            "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+                --implementation cp --platform manylinux_2_28_x86_64 \
+                --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+                -d "$LEASE/whl" $pins
+        fi
+        say "ready: $(du -sh "$LEASE" | cut -f1) in $LEASE"
+        ;;
+    train)
+        WORK=${WORK:-$ROOT/runs/lease}
+        [ -n "$DEST" ] || { echo "gpu_lease: --out DIR or \$OUT needed" >&2; exit 2; }
+        [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(1 2 3 4 all)
+        export PYTHON=${PYTHON:-python3}
+        if compgen -G "$LEASE/whl/*.whl" >/dev/null; then
+            "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade \
+                --target /tmp/claudio-site "$LEASE"/whl/*.whl
+            export PYTHONPATH=/tmp/claudio-site${PYTHONPATH:+:$PYTHONPATH}
+        fi
+        # The checkout itself, not installed: the device's image holds the dependencies.
+        export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+        . "$ROOT/scripts/recipe.sh"
+        if ! recipe_cached; then
+            [ -f "$LEASE/esc50.pack" ] || die "$LEASE/esc50.pack missing; run 'prepare' first"
+            "$T" unpack-cache "$LEASE/esc50.pack" --into "$WORK/cache" --force
+            touch "$WORK/cache/esc50/.done" "$WORK/cache/esc50-claps/.done"
+        fi
+        mkdir -p "$DEST" "$WORK/logs"
+        pids=()
+        for t in "${TARGETS[@]}"; do
+            if [ "$t" = all ]; then
+                "$ROOT/scripts/train_model.sh" --work "$WORK" --out "$DEST/all.int8.onnx" \
+                    >"$WORK/logs/all.out" 2>&1 &
+            else
+                "$ROOT/scripts/crossval.sh" --work "$WORK" --train-only "$t" \
+                    >"$WORK/logs/fold$t.out" 2>&1 &
+            fi
+            pids+=($!)
+        done
+        failed=0
+        for i in "${!pids[@]}"; do
+            wait "${pids[$i]}" || { failed=1; say "${TARGETS[$i]} failed (see logs)"; }
+        done
+        for t in "${TARGETS[@]}"; do
+            [ "$t" = all ] && continue
+            f=$WORK/runs/fold$t/export/model.int8.onnx
+            [ -f "$f" ] && cp "$f" "$DEST/fold$t.int8.onnx"
+        done
+        (cd "$WORK" && tar czf "$DEST/logs.tar.gz" logs runs/*/*.log 2>/dev/null) || true
+        say "done: $(cd "$DEST" && echo *.onnx)"
+        exit $failed
+        ;;
+    -h | --help | "")
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        [ -n "$cmd" ] || exit 2
+        ;;
+    *) echo "gpu_lease: unknown command '$cmd' (prepare or train; see --help)" >&2; exit 2 ;;
+esac
