@@ -97,7 +97,7 @@ def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) 
     return sorted(out)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=2048)  # all of ESC-50 at 22,050 Hz is under 1 GB
 def load_clip(path: Path) -> np.ndarray:
     """A recording as float32 mono at 22,050 Hz (cached: scenes reuse clips)."""
     try:
@@ -305,14 +305,25 @@ def make_clip_scene(
     *,
     lead_s: float = 0.5,
     tail_s: float = 1.5,
+    source: str | None = None,
 ) -> Scene:
-    """A whole distractor (or applause) recording over a background: expected count 0."""
+    """A whole distractor (or applause) recording over a background: expected count 0.
+
+    `source` names the recording, so a false trigger can be traced to it (one odd
+    recording drawn into several scenes is a different finding from a weak class).
+    """
     bg_name, bg = _split_background(background)
     at = int(lead_s * SAMPLE_RATE)
     total = at + len(clip) + int(tail_s * SAMPLE_RATE)
     audio = _mix([(at, np.asarray(clip, np.float64))], total, bg, snr_db, rng)
     return Scene(
-        audio=audio, clap_samples=(), count=0, kind=kind, snr_db=snr_db, background=bg_name
+        audio=audio,
+        clap_samples=(),
+        count=0,
+        kind=kind,
+        snr_db=snr_db,
+        background=bg_name,
+        info={"source": source} if source else {},
     )
 
 
@@ -360,15 +371,14 @@ def _split_background(
 
 def applause_clips(
     esc50_root: Roots, *, folds: Iterable[int] | None = None, min_claps: int = 6
-) -> list[np.ndarray]:
+) -> list[Path]:
     """`clapping` recordings with many transients (applause or rhythmic clapping)."""
     settings = ClapSettings()
     out = []
     for path in esc50_clips(esc50_root, "clapping", folds):
-        x = load_clip(path)
-        cands = ClapDetector(settings, SAMPLE_RATE).push(x)
+        cands = ClapDetector(settings, SAMPLE_RATE).push(load_clip(path))
         if len(cands) >= min_claps:
-            out.append(np.asarray(x))
+            out.append(path)
     return out
 
 
@@ -405,9 +415,7 @@ def build_scene_set(
     if not claps or not backgrounds:
         raise ValueError(f"{esc50_root}: no usable clapping or background recordings found")
     real_applause = applause_clips(esc50_root, folds=folds)
-    distractor_clips = {
-        c: [load_clip(p) for p in esc50_clips(esc50_root, c, folds)] for c in distractors
-    }
+    distractor_clips = {c: esc50_clips(esc50_root, c, folds) for c in distractors}
 
     def bg() -> tuple[str, np.ndarray]:
         return backgrounds[int(rng.integers(len(backgrounds)))]
@@ -439,14 +447,20 @@ def build_scene_set(
                         kind="knock_pattern",
                     )
                 )
-        for cat, clips in distractor_clips.items():
-            for _ in range(n_per_cell if clips else 0):
-                clip = clips[int(rng.integers(len(clips)))]
-                scenes.append(make_clip_scene(clip, cat, bg(), snr, rng, lead_s=lead_s))
+        for cat, paths in distractor_clips.items():
+            for _ in range(n_per_cell if paths else 0):
+                path = paths[int(rng.integers(len(paths)))]
+                scenes.append(
+                    make_clip_scene(
+                        load_clip(path), cat, bg(), snr, rng, lead_s=lead_s, source=path.name
+                    )
+                )
         for i in range(n_per_cell):
             if i % 2 == 0 and real_applause:
-                clip = real_applause[int(rng.integers(len(real_applause)))]
-                scene = make_clip_scene(clip, "applause", bg(), snr, rng, lead_s=lead_s)
+                path = real_applause[int(rng.integers(len(real_applause)))]
+                scene = make_clip_scene(
+                    load_clip(path), "applause", bg(), snr, rng, lead_s=lead_s, source=path.name
+                )
             else:
                 scene = make_applause_scene(
                     claps, bg(), snr, rng, lead_s=lead_s, jitter_db=jitter_db

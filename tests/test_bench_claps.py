@@ -127,3 +127,54 @@ def test_benchmark_can_use_the_shipped_rules_largest_count(
     four = [s for s in claudio if s["count"] == 4]
     assert four and all(s["latency_s"] is None for s in four)
     assert "patterns of 2-3 claps" in (out / "table.md").read_text()
+
+
+def test_several_seeds_pool_into_one_summary_and_name_the_recordings(shared_data, tmp_path) -> None:
+    data = shared_data / "esc50-16k-folds123"
+    argv = ["--data", str(data), "--folds", "2", "--per-cell", "1", "--snrs", "20"]
+    argv += ["--no-classifier", "--quiet"]
+    assert main([*argv, "--seeds", "1,3", "--out", str(tmp_path / "pooled")]) == 0
+    assert main([*argv, "--seed", "3", "--out", str(tmp_path / "one")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+
+    # Each seed is scored on its own scene set, the same as a run with that seed alone.
+    assert pooled["config"]["seeds"] == [1, 3]
+    assert pooled["per_seed"]["3"] == one["summary"]
+    claudio = pooled["scenes"]["claudio"]
+    assert [r for r in claudio if r["seed"] == 3] == one["scenes"]["claudio"]
+    assert {r["seed"] for r in claudio} == {1, 3}
+    assert pooled["config"]["scenes"] == len(claudio) == 2 * one["config"]["scenes"]
+
+    # The pooled summary counts every scene once: hits and triggers add up over the seeds.
+    for system in ("claudio", "baseline"):
+        total = pooled["summary"][system]
+        seeds = [pooled["per_seed"][s][system] for s in ("1", "3")]
+        for key, cell in total["cells"].items():
+            assert cell["tp"] == sum(s["cells"].get(key, {}).get("tp", 0) for s in seeds)
+            assert cell["scenes"] == sum(s["cells"].get(key, {}).get("scenes", 0) for s in seeds)
+        ft = total["false_triggers"]
+        assert ft["total"] == sum(s["false_triggers"]["total"] for s in seeds)
+        assert ft["hours"] == pytest.approx(sum(s["false_triggers"]["hours"] for s in seeds))
+
+    # No-command scenes that play a recording name it: a file of that category in fold 2
+    # (applause: a clapping recording), and the triggers by recording add up to theirs.
+    rows = {}
+    with (data / "meta" / "esc50.csv").open() as fh:
+        for line in fh.read().splitlines()[1:]:
+            name, fold, _, category = line.split(",")[:4]
+            rows[name] = (int(fold), category)
+    played = [r for r in claudio if r["count"] == 0 and r["source"]]
+    assert {r["kind"] for r in played} >= {"footsteps", "dog", "can_opening"}
+    for r in played:
+        assert rows[r["source"]] == (2, "clapping" if r["kind"] == "applause" else r["kind"])
+    fired = sum(1 for r in played for c in r["answer"] if 2 <= c <= 4)
+    by_source = pooled["summary"]["claudio"]["false_triggers"]["by_source"]
+    assert fired > 0 and sum(v["triggers"] for v in by_source.values()) == fired
+    for name, v in by_source.items():
+        assert v["scenes"] == sum(1 for r in played if r["source"] == name)
+
+    table = (tmp_path / "pooled" / "table.md").read_text()
+    assert "seeds 1,3 pooled" in table and "Seed by seed:" in table
+    assert "| 1 |" in table and "| 3 |" in table
+    assert "false triggers by recording: " in table
