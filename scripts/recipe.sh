@@ -6,7 +6,9 @@
 # Environment: BASE_EPOCHS (60), STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
 # MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
 # "HEAD" mines with this checkout's detector instead, which finds fewer patterns), PYTHON
-# (.venv/bin/python: any interpreter that imports the training package and its extra).
+# (.venv/bin/python: any interpreter that imports the training package and its extra),
+# FIT_ARGS (more `fit` options for both steps, e.g. `--no-channels-last` to repeat the
+# runs made before channels-last training bit for bit).
 # Where both caches are already built, or unpacked from `claudio-train pack-cache`
 # (scripts/gpu_lease.sh), no recordings are needed.
 
@@ -16,6 +18,7 @@ SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
+read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
 T=claudio_train
 claudio_train() { "$PY" -m training.cli "$@"; }
 E16=$DATA/esc50-16k-folds123
@@ -122,12 +125,12 @@ recipe_train() {
     say "$name: step 1, the base model ($BASE_EPOCHS epochs; log: $run/base.log)"
     recipe_fit "$run/base" --cache "$WORK/cache/esc50-$name" --model se_resnet18 \
         --epochs "$BASE_EPOCHS" --batch-size 32 --lr 0.002 --weight-decay 0.05 \
-        --mixup-alpha 0.3 "${split[@]}" >>"$run/base.log" 2>&1
+        --mixup-alpha 0.3 "${split[@]}" "${FIT_EXTRA[@]}" >>"$run/base.log" 2>&1
     say "$name: step 2, the clap check's view ($STEP2_EPOCHS epochs; log: $run/claps.log)"
     recipe_fit "$run/claps" --cache "$WORK/cache/esc50-claps-$name" \
         --init-from "$run/base/last.pt" --model se_resnet18 --epochs "$STEP2_EPOCHS" \
         --batch-size 32 --lr 0.0005 --weight-decay 0.05 --mixup-alpha 0.3 \
-        --segment-prob 0.5 "${split[@]}" >>"$run/claps.log" 2>&1
+        --segment-prob 0.5 "${split[@]}" "${FIT_EXTRA[@]}" >>"$run/claps.log" 2>&1
     if [ ! -f "$run/export/model.int8.onnx" ]; then
         say "$name: export (INT8)"
         "$T" export "$run/claps/last.pt" --out "$run/export/model.onnx" \

@@ -16,6 +16,7 @@ import pytest
 from claudio_daemon.model.classifier import OnnxClassifier
 from tests.conftest import ROOT
 from tests.esc50_helpers import copy_esc50_subset
+from training.fit import load_checkpoint
 from training.stats import compute_stats
 from training.synth_claps import load_22k
 
@@ -119,10 +120,23 @@ def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> 
     # Same work folder: the inputs cross-validation built are reused, not rebuilt.
     inputs = [work / "cache" / "esc50-claps" / ".done", work / "data" / "mined" / ".done"]
     before = [p.stat().st_mtime_ns for p in inputs]
-    res = _script("train_model.sh", "--work", str(work), "--out", str(out), data=data)
+    res = _script(
+        "train_model.sh",
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+        data=data,
+        FIT_ARGS="--no-channels-last",
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     assert [p.stat().st_mtime_ns for p in inputs] == before
     assert f"wrote {out}" in res.stderr
+    # FIT_ARGS reach both steps' `fit`; without them fit trains channels-last.
+    for run, channels_last in (("all", False), ("fold4", True)):
+        for step in ("base", "claps"):
+            config = load_checkpoint(work / "runs" / run / step / "last.pt")["config"]
+            assert config["channels_last"] is channels_last, (run, step)
 
     clf = OnnxClassifier(out, device="cpu")
     assert clf.metadata.training_data["held_out_folds"] == []

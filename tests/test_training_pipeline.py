@@ -139,6 +139,31 @@ def test_max_steps_caps_and_resume_needs_a_run(cache_dir: Path, tmp_path: Path) 
         fit(cache_dir, _cfg(tmp_path / "d", scheduler="step"))
 
 
+def test_channels_last_trains_the_same_model_and_old_runs_resume_in_nchw(
+    cache_dir: Path, tmp_path: Path, trained
+) -> None:
+    ckpt = load_checkpoint(trained.last_checkpoint)
+    assert ckpt["config"]["channels_last"] is True
+    # (A convolution with one input channel is both layouts at once: take a deeper one.)
+    conv = next(k for k, v in ckpt["model"].items() if v.ndim == 4 and v.shape[1] > 1)
+    assert ckpt["model"][conv].is_contiguous(memory_format=torch.channels_last)
+    # The same run in NCHW order: the same arithmetic in another order, so the same
+    # model up to rounding, and it still resumes exactly (the layout is part of the run).
+    nchw = fit(cache_dir, _cfg(tmp_path / "nchw", channels_last=False))
+    other = load_checkpoint(nchw.last_checkpoint)
+    assert other["config"]["channels_last"] is False
+    assert not other["model"][conv].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(ckpt["history"], other["history"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.02)
+    for key, value in ckpt["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(other["model"][key], value, rtol=0.05, atol=0.02)
+    # A checkpoint written before the option has no such key: it trained, and resumes, NCHW.
+    saved = {k: v for k, v in ckpt["config"].items() if k != "channels_last"}
+    assert FitConfig.from_dict(saved).channels_last is False
+    assert FitConfig.from_dict(ckpt["config"]).channels_last is True
+
+
 def _altered_checkpoint(src: Path, dst: Path, **changes) -> str:
     ckpt = load_checkpoint(src)
     torch.save({**ckpt, **changes}, dst)

@@ -291,6 +291,14 @@ def fit(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
     no_amp: Annotated[bool, typer.Option("--no-amp", help="No mixed precision on CUDA.")] = False,
+    no_channels_last: Annotated[
+        bool,
+        typer.Option(
+            "--no-channels-last",
+            help="Train in NCHW order (slower on a CPU): repeats runs made before "
+            "channels-last training bit for bit.",
+        ),
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     init_from: Annotated[
         Path | None,
@@ -332,6 +340,7 @@ def fit(
         workers=workers,
         seed=seed,
         amp=not no_amp,
+        channels_last=not no_channels_last,
         device=device,
         out_dir=str(out),
         resume=resume,

@@ -78,6 +78,11 @@ class FitConfig:
     grad_clip: float | None = 5.0
     quiet: bool = False
     model_kwargs: dict = field(default_factory=dict)
+    #: Convolutions in channels-last (NHWC) order: oneDNN's bf16 kernels on a CPU (and
+    #: tensor cores on CUDA) run it faster, SE-ResNet18's recipe 10-20 % on a 2-core
+    #: CPU. The same arithmetic in another order, so not bit for bit what NCHW gives:
+    #: False repeats runs made before this option exactly.
+    channels_last: bool = True
 
     def validate(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -121,6 +126,8 @@ class FitConfig:
             d[key] = tuple(str(f) for f in d.get(key, ()))
         if d.get("pos_weight_clip") is not None:
             d["pos_weight_clip"] = tuple(d["pos_weight_clip"])
+        # Runs saved before the option trained in NCHW; a resumed one goes on that way.
+        d.setdefault("channels_last", False)
         return cls(**d)
 
 
@@ -387,6 +394,8 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     )
 
     model: nn.Module = create_model(cfg.model, len(labels), **cfg.model_kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = make_criterion(cache.targets[train_idx], cfg.pos_weight_clip).to(device)
     eval_criterion = nn.BCEWithLogitsLoss()
     decay, no_decay = [], []
