@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training.fit import cpu_bf16_supported  # noqa: E402
+from training.fit import autocast_for  # noqa: E402
 from training.models import MODEL_NAMES, count_parameters, create_model  # noqa: E402
 
 SHAPE = (1, 128, 256)
@@ -56,11 +56,8 @@ def train_throughput(
     if as_fit:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    if device.type == "cuda":
-        amp, dtype = True, torch.float16
-    else:
-        amp, dtype = as_fit and cpu_bf16_supported(), torch.bfloat16
+    amp, dtype = autocast_for(device) if as_fit else (device.type == "cuda", torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)
     x = torch.randn((batch, *SHAPE), device=device)
     y = (torch.rand((batch, n_classes), device=device) < 0.05).float()
 

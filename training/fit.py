@@ -172,6 +172,19 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def autocast_for(device: torch.device, enabled: bool = True) -> tuple[bool, torch.dtype]:
+    """Whether, and in which dtype, `fit` autocasts on this device.
+
+    float16 on CUDA; bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX), which roughly
+    halves CPU training time and needs no loss scaling; otherwise none.
+    """
+    if enabled and device.type == "cuda":
+        return True, torch.float16
+    if enabled and device.type == "cpu" and cpu_bf16_supported():
+        return True, torch.bfloat16
+    return False, torch.float16
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -286,16 +299,11 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
     dist = dist_from_env()
     device = pick_device(cfg.device, dist.local_rank if dist.enabled else None)
     owns_group = init_distributed(dist, device)
-    use_amp = bool(cfg.amp and device.type == "cuda")
-    amp_dtype = torch.float16
+    use_amp, amp_dtype = autocast_for(device, cfg.amp)
     if device.type == "cuda":
         # Every batch has the same shape (the contract's fixed window), so cuDNN's one-off
         # search for the fastest convolution kernels pays back from the first epoch.
         torch.backends.cudnn.benchmark = True
-    if cfg.amp and device.type == "cpu" and cpu_bf16_supported():
-        # bfloat16 autocast roughly halves CPU training time on processors with native
-        # bf16 (AVX512-BF16, AMX); it needs no loss scaling, so the GradScaler stays off.
-        use_amp, amp_dtype = True, torch.bfloat16
 
     resume_state: dict[str, Any] | None = None
     if cfg.resume:
