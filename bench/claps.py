@@ -4,6 +4,7 @@
         --data ../shared/data/esc50-fold4-dev (--seed 0 | --seeds 0,1,2,3,4) --per-cell 12 \\
         --snrs 20,10,5,0 (--model FILE | --no-classifier) [--folds 1,2] [--max-count 4] \\
         --out bench/results/claps
+    ... --cv-model 1=fold1.onnx --cv-model 2=fold2.onnx ...   (cross-validated)
 
 Scenes come from `bench.scenes` (any folder in ESC-50 layout, fixed by the seed): patterns
 of 1-4 real claps with gaps of 0.2-0.7 s over real backgrounds at each SNR, and scenes
@@ -31,6 +32,11 @@ With `--seeds`, each seed's scene set is scored on its own and all scenes are po
 the table, plot and `summary` are the pooled figures, `per_seed` holds each seed's, and
 the table ends with one row a seed. False triggers name the recordings they came from.
 
+With `--cv-model FOLD=FILE` for several folds (the fold models of `scripts/crossval.sh`),
+each fold's scenes are scored with the model trained without that fold, the claps cut from
+the other folds, and everything is pooled (`per_fold` and a row a fold): every distractor
+recording is heard once by a model that never trained on it.
+
 Writes `results.json`, `table.md` and `f1_vs_snr.png` to --out and prints the table.
 """
 
@@ -39,13 +45,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -90,6 +99,7 @@ SYSTEMS = ("claudio", "baseline")
 
 
 Runner = Callable[[np.ndarray], list[ClapPattern]]
+K = TypeVar("K")
 
 
 def claudio_runner(
@@ -469,12 +479,13 @@ def run_benchmark(
     }
 
 
-def pool_runs(runs: dict[int, dict]) -> dict:
-    """Several seeds' runs as one: every scene scored once, the summary over all of them.
+def pool_runs(runs: dict[int, dict], by: str = "seed") -> dict:
+    """Several runs as one: every scene scored once, the summary over all of them.
 
     One seed's 12 scenes a cell move a recall by 0.08 and its hour of distractors holds a
     handful of triggers at most; the pooled counts give the figures (and intervals) that
-    several seeds together support, and `per_seed` keeps what each seed said.
+    several seeds (or folds, `by="fold"`) together support, and `per_seed` (`per_fold`)
+    keeps what each run said.
     """
     first = next(iter(runs.values()))["config"]
     max_count = first["max_count"]
@@ -487,8 +498,7 @@ def pool_runs(runs: dict[int, dict]) -> dict:
     }
     config = dict(first)
     config.update(
-        seed=None,
-        seeds=list(runs),
+        {by: None, f"{by}s": list(runs)},
         scenes=sum(run["config"]["scenes"] for run in runs.values()),
         audio_s=sum(run["config"]["audio_s"] for run in runs.values()),
         build_s=sum(run["config"]["build_s"] for run in runs.values()),
@@ -500,19 +510,19 @@ def pool_runs(runs: dict[int, dict]) -> dict:
     return {
         "config": config,
         "summary": summary,
-        "per_seed": {str(seed): run["summary"] for seed, run in runs.items()},
+        f"per_{by}": {str(key): run["summary"] for key, run in runs.items()},
         "scenes": scenes,
     }
 
 
-def seed_table(per_seed: dict[str, dict]) -> str:
-    """Claudio seed by seed: false triggers, 2- and 3-clap F1 and all counts' F1 per SNR."""
+def seed_table(per_seed: dict[str, dict], column: str = "seed") -> str:
+    """Claudio run by run (seed or fold): false triggers, 2/3-clap F1, all counts' F1 per SNR."""
     any_seed = next(iter(per_seed.values()))["claudio"]
     snrs = list(any_seed["per_snr"])
     counts = [n for n in (2, 3) if n <= any_seed["max_count"]]
     label = " / ".join(str(n) for n in counts)
     lines = [
-        "| seed | Claudio false triggers (per hour) | "
+        f"| {column} | Claudio false triggers (per hour) | "
         + " | ".join(f"{label}-clap F1, {snr} dB" for snr in snrs)
         + " | all counts F1, "
         + " / ".join(snrs)
@@ -534,6 +544,122 @@ def seed_table(per_seed: dict[str, dict]) -> str:
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def run_all(
+    tasks: dict[K, dict],
+    jobs: int = 1,
+    progress: bool = True,
+    fn: Callable[..., dict] | None = None,
+) -> dict[K, dict]:
+    """`fn(**kwargs, progress=...)` (`run_benchmark`) for every task, in `jobs` processes.
+
+    Each task builds its scenes from its own seed and replays them with fresh pipelines, so
+    the results are the same in any order and any number of processes; only the wall time
+    changes (the replay is single-threaded, and a full cross-validated run takes most of an
+    hour on one core).
+    """
+    fn = fn or run_benchmark
+    if jobs <= 1 or len(tasks) <= 1:
+        out = {}
+        for i, (key, kwargs) in enumerate(tasks.items()):
+            if progress and len(tasks) > 1:
+                print(f"{key} ({i + 1} of {len(tasks)})", file=sys.stderr)
+            out[key] = fn(**kwargs, progress=progress)
+        return out
+    ctx = multiprocessing.get_context("spawn")  # no onnxruntime or tqdm threads to fork
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {k: pool.submit(fn, **kw, progress=False) for k, kw in tasks.items()}
+        out = {}
+        for key, future in futures.items():
+            out[key] = future.result()
+            if progress:
+                print(f"{key} done ({len(out)} of {len(tasks)})", file=sys.stderr)
+        return out
+
+
+def run_crossval(
+    data: Sequence[Path],
+    cv_models: dict[int, Path],
+    seeds: Sequence[int],
+    progress: bool = True,
+    jobs: int = 1,
+    **options,
+) -> dict:
+    """Every fold's no-command scenes scored with the model that never heard that fold.
+
+    One held-out fold holds few recordings of each distractor (eight steps, eight cans), so
+    one model's false triggers an hour hang on a handful of recordings. With a model per
+    fold (`scripts/crossval.sh`), every recording is held out once: the claps come from the
+    other folds (the model's training folds, as with `--clap-folds`), the distractors and
+    backgrounds from the test fold, each fold over the same seeds, all pooled.
+    """
+    all_folds = sc.esc50_folds(data)
+    tasks = {
+        f"fold {fold} seed {seed}": dict(
+            data=data,
+            seed=seed,
+            model=model,
+            folds=[fold],
+            clap_folds=[f for f in all_folds if f != fold],
+            **options,
+        )
+        for fold, model in sorted(cv_models.items())
+        for seed in seeds
+    }
+    runs = run_all(tasks, jobs, progress)
+    per_fold = {
+        fold: pool_runs({seed: runs[f"fold {fold} seed {seed}"] for seed in seeds})
+        for fold in sorted(cv_models)
+    }
+    res = pool_runs(per_fold, by="fold")
+    fold_cfg = {str(k): r["config"] for k, r in per_fold.items()}
+    res["config"].update(
+        seeds=list(seeds),
+        clap_folds={k: c["clap_folds"] for k, c in fold_cfg.items()},
+        model={k: c["model"] for k, c in fold_cfg.items()},
+        single_claps={k: c["single_claps"] for k, c in fold_cfg.items()},
+        baseline_threshold={k: c["baseline_threshold"] for k, c in fold_cfg.items()},
+    )
+    return res
+
+
+def _cv_models(specs: Sequence[str], all_folds: Sequence[int]) -> dict[int, Path]:
+    """`FOLD=FILE` arguments as {fold: model}; problems raise ValueError naming the argument."""
+    out: dict[int, Path] = {}
+    for spec in specs:
+        fold_text, sep, path = spec.partition("=")
+        if not sep or not fold_text.strip().isdigit() or not path:
+            raise ValueError(f"--cv-model {spec}: expected FOLD=FILE, e.g. 2=fold2.int8.onnx")
+        fold = int(fold_text)
+        if fold in out:
+            raise ValueError(f"--cv-model {spec}: fold {fold} given twice")
+        if fold not in all_folds:
+            raise ValueError(
+                f"--cv-model {spec}: the data has no fold {fold} "
+                f"(it has {', '.join(map(str, all_folds))})"
+            )
+        if not Path(path).is_file():
+            raise ValueError(f"--cv-model {spec}: {path}: file not found")
+        out[fold] = Path(path)
+    if len(all_folds) < 2:
+        raise ValueError("--cv-model: the data holds one fold; the claps need another")
+    return out
+
+
+def _header(cfg: dict, title: str) -> str:
+    claps, threshold = cfg["single_claps"], cfg["baseline_threshold"]
+    if isinstance(claps, dict):  # cross-validated: one clap set and threshold per fold
+        claps_text = "single claps " + ", ".join(f"{n} (fold {k})" for k, n in claps.items())
+        thr_text = "baseline thresholds " + ", ".join(f"{v:.3f}" for v in threshold.values())
+    else:
+        claps_text = f"{claps} single claps"
+        thr_text = f"baseline threshold {threshold:.3f}"
+    return (
+        f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "
+        f"audio, {claps_text}; {thr_text}. Replay CPU: Claudio "
+        f"{cfg['replay_s']['claudio']:.1f} s, baseline {cfg['replay_s']['baseline']:.1f} s.\n"
+    )
 
 
 def _floats(text: str) -> list[float]:
@@ -575,6 +701,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", type=Path, help="ONNX model (its classifier confirms patterns)")
     g.add_argument("--no-classifier", action="store_true", help="detector and grouper only")
+    g.add_argument(
+        "--cv-model",
+        action="append",
+        metavar="FOLD=FILE",
+        help="cross-validated: score fold FOLD's scenes with FILE, a model trained without "
+        "that fold (repeatable, e.g. one per fold from scripts/crossval.sh); claps come "
+        "from the other folds",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "claps")
     ap.add_argument(
         "--clap-setting",
@@ -590,6 +724,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MAX_COUNT,
         help="largest clap count of the bench's rules (3 = the shipped rules' largest)",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="replay several seeds (and folds) at once in this many processes",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -599,25 +739,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is not None and not args.model.is_file():
         ap.error(f"--model {args.model}: file not found")
 
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: must be at least 1")
     seeds = args.seeds or [args.seed]
     if len(set(seeds)) != len(seeds):
         ap.error(f"--seeds {','.join(map(str, seeds))}: a seed repeated")
-    runs = {}
-    for seed in seeds:
-        if len(seeds) > 1 and not args.quiet:
-            print(f"seed {seed} ({len(runs) + 1} of {len(seeds)})", file=sys.stderr)
-        runs[seed] = run_benchmark(
-            args.data,
+    options = dict(
+        per_cell=args.per_cell,
+        snrs=args.snrs,
+        clap_settings=dict(kv.split("=", 1) for kv in args.clap_setting),
+        max_count=args.max_count,
+    )
+    if args.cv_model:
+        if args.folds is not None or args.clap_folds is not None:
+            ap.error("--cv-model chooses the folds itself: leave out --folds and --clap-folds")
+        try:
+            cv_models = _cv_models(args.cv_model, sc.esc50_folds(args.data))
+        except ValueError as exc:
+            ap.error(str(exc))
+        res = run_crossval(
+            args.data, cv_models, seeds, progress=not args.quiet, jobs=args.jobs, **options
+        )
+        cfg = res["config"]
+        seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
+        title = (
+            f"cross-validated: folds {','.join(map(str, cfg['folds']))}, each scored with a "
+            f"model trained without it, claps from the other folds; {seed_text}, "
+            f"{cfg['per_cell']}/cell"
+            + (f", rules up to {cfg['max_count']} claps" if cfg["max_count"] != MAX_COUNT else "")
+        )
+        table = markdown_table(res["summary"], _header(cfg, title))
+        table += "\nFold by fold:\n\n" + seed_table(res["per_fold"], column="fold")
+        return _write(res, table, title, args.out)
+    tasks = {
+        f"seed {seed}": dict(
+            data=args.data,
             seed=seed,
-            per_cell=args.per_cell,
-            snrs=args.snrs,
             model=args.model,
             folds=args.folds,
             clap_folds=args.clap_folds,
-            progress=not args.quiet,
-            clap_settings=dict(kv.split("=", 1) for kv in args.clap_setting),
-            max_count=args.max_count,
+            **options,
         )
+        for seed in seeds
+    }
+    done = run_all(tasks, args.jobs, progress=not args.quiet)
+    runs = {seed: done[f"seed {seed}"] for seed in seeds}
     res = runs[seeds[0]] if len(seeds) == 1 else pool_runs(runs)
     cfg = res["config"]
     seed_text = (
@@ -633,21 +799,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         + f"{'model ' + Path(cfg['model']).name if cfg['model'] else 'no classifier'}"
         + (f", rules up to {cfg['max_count']} claps" if cfg["max_count"] != MAX_COUNT else "")
     )
-    header = (
-        f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "
-        f"audio, {cfg['single_claps']} single claps; baseline threshold "
-        f"{cfg['baseline_threshold']:.3f}. Replay CPU: Claudio "
-        f"{cfg['replay_s']['claudio']:.1f} s, baseline {cfg['replay_s']['baseline']:.1f} s.\n"
-    )
-    table = markdown_table(res["summary"], header)
+    table = markdown_table(res["summary"], _header(cfg, title))
     if len(seeds) > 1:
         table += "\nSeed by seed:\n\n" + seed_table(res["per_seed"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(res, indent=1))
-    (args.out / "table.md").write_text(table)
-    plot(res["summary"], args.out / "f1_vs_snr.png", "Exact clap-pattern F1: " + title)
+    return _write(res, table, title, args.out)
+
+
+def _write(res: dict, table: str, title: str, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    (out / "table.md").write_text(table)
+    plot(res["summary"], out / "f1_vs_snr.png", "Exact clap-pattern F1: " + title)
     print(table)
-    print(f"wrote {args.out}/results.json, table.md, f1_vs_snr.png")
+    print(f"wrote {out}/results.json, table.md, f1_vs_snr.png")
     return 0
 
 

@@ -97,6 +97,19 @@ def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) 
     return sorted(out)
 
 
+def esc50_folds(root: Roots) -> list[int]:
+    """The folds that one or several ESC-50 layout folders hold."""
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    folds: set[int] = set()
+    for r in roots:
+        meta = Path(r) / "meta" / "esc50.csv"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: not an ESC-50 layout folder (meta/esc50.csv missing)")
+        with meta.open(newline="") as fh:
+            folds.update(int(row["fold"]) for row in csv.DictReader(fh))
+    return sorted(folds)
+
+
 @lru_cache(maxsize=2048)  # all of ESC-50 at 22,050 Hz is under 1 GB
 def load_clip(path: Path) -> np.ndarray:
     """A recording as float32 mono at 22,050 Hz (cached: scenes reuse clips)."""

@@ -135,8 +135,14 @@ def test_several_seeds_pool_into_one_summary_and_name_the_recordings(shared_data
     argv += ["--no-classifier", "--quiet"]
     assert main([*argv, "--seeds", "1,3", "--out", str(tmp_path / "pooled")]) == 0
     assert main([*argv, "--seed", "3", "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--seeds", "1,3", "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     pooled = json.loads((tmp_path / "pooled" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())
+
+    # Two worker processes: the same scenes and scores as one after the other.
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["scenes"] == pooled["scenes"] and two["per_seed"] == pooled["per_seed"]
+    assert two["summary"] == pooled["summary"]
 
     # Each seed is scored on its own scene set, the same as a run with that seed alone.
     assert pooled["config"]["seeds"] == [1, 3]
@@ -178,3 +184,136 @@ def test_several_seeds_pool_into_one_summary_and_name_the_recordings(shared_data
     assert "seeds 1,3 pooled" in table and "Seed by seed:" in table
     assert "| 1 |" in table and "| 3 |" in table
     assert "false triggers by recording: " in table
+
+
+def test_cross_validated_run_scores_each_fold_with_its_own_model(
+    shared_data, tmp_path, tiny_onnx_model
+) -> None:
+    data = shared_data / "esc50-16k-folds123"
+    other = tmp_path / "other.onnx"
+    other.write_bytes(tiny_onnx_model.read_bytes())
+    common = ["--data", str(data), "--per-cell", "1", "--snrs", "20", "--seed", "3", "--quiet"]
+    cv = [*common, "--cv-model", f"2={tiny_onnx_model}", "--cv-model", f"3={other}"]
+    assert main([*cv, "--out", str(tmp_path / "cv")]) == 0
+    res = json.loads((tmp_path / "cv" / "results.json").read_text())
+    cfg = res["config"]
+    assert cfg["folds"] == [2, 3] and cfg["seeds"] == [3]
+    assert cfg["model"] == {"2": str(tiny_onnx_model), "3": str(other)}
+    # Claps from the folds each model trained on: every fold of the data but the test fold.
+    assert cfg["clap_folds"] == {"2": [1, 3], "3": [1, 2]}
+
+    # Fold 2's part is exactly a plain run held out the same way, fold 3's likewise.
+    assert (
+        main(
+            [
+                *common,
+                "--folds",
+                "2",
+                "--clap-folds",
+                "1,3",
+                "--model",
+                str(tiny_onnx_model),
+                "--out",
+                str(tmp_path / "f2"),
+            ]
+        )
+        == 0
+    )
+    f2 = json.loads((tmp_path / "f2" / "results.json").read_text())
+    assert res["per_fold"]["2"] == f2["summary"]
+    claudio = res["scenes"]["claudio"]
+    assert claudio[: len(f2["scenes"]["claudio"])] == f2["scenes"]["claudio"]
+    assert cfg["scenes"] == len(claudio) > f2["config"]["scenes"]
+    # No-command scenes play recordings of their own fold only.
+    folds = {}
+    with (data / "meta" / "esc50.csv").open() as fh:
+        for line in fh.read().splitlines()[1:]:
+            folds[line.split(",")[0]] = int(line.split(",")[1])
+    played = [r["source"] for r in claudio if r["count"] == 0 and r["source"]]
+    assert {folds[name] for name in played} == {2, 3}
+    ft = res["summary"]["claudio"]["false_triggers"]
+    per_fold = [res["per_fold"][k]["claudio"]["false_triggers"] for k in ("2", "3")]
+    assert ft["total"] == sum(f["total"] for f in per_fold)
+    assert ft["hours"] == pytest.approx(sum(f["hours"] for f in per_fold))
+    table = (tmp_path / "cv" / "table.md").read_text()
+    assert "cross-validated: folds 2,3" in table and "Fold by fold:" in table
+    assert "| fold | Claudio false triggers" in table and "(fold 3)" in table
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cv-model", "9=MODEL"], "the data has no fold 9"),
+        (["--cv-model", "2=MODEL", "--cv-model", "2=MODEL"], "fold 2 given twice"),
+        (["--cv-model", "2"], "expected FOLD=FILE"),
+        (["--cv-model", "2=missing.onnx"], "missing.onnx: file not found"),
+        (["--cv-model", "2=MODEL", "--folds", "2"], "leave out --folds"),
+    ],
+)
+def test_cross_validated_run_rejects_bad_arguments(
+    shared_data, tiny_onnx_model, capsys, extra, message
+) -> None:
+    argv = ["--data", str(shared_data / "esc50-16k-folds123"), "--quiet"]
+    argv += [a.replace("MODEL", str(tiny_onnx_model)) for a in extra]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_verifier_sweep_reproduces_the_benchmark_from_one_replay(
+    shared_data, tmp_path, tiny_onnx_model
+) -> None:
+    """The sweep's rows are what bench/claps.py measures with those settings, on the same scenes."""
+    from bench import verifier_sweep
+
+    common = ["--data", str(shared_data / "esc50-16k-folds123"), "--folds", "2"]
+    common += ["--per-cell", "1", "--snrs", "20,0", "--quiet"]
+    model = ["--model", str(tiny_onnx_model)]
+    variants = ["--variant", "min_clap_score=0.9", "--variant", "confirm_with_classifier=false"]
+    variants += ["--variant", "veto_labels+=speech veto_margin=0.1"]
+    argv = [*common, "--seeds", "3", *model, *variants, "--out", str(tmp_path / "sweep")]
+    assert verifier_sweep.main(argv) == 0
+    res = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    rows = res["variants"]
+    assert list(rows) == [
+        "current",
+        "min_clap_score=0.9",
+        "confirm_with_classifier=false",
+        "veto_labels+=speech veto_margin=0.1",
+    ]
+    assert rows["veto_labels+=speech veto_margin=0.1"]["settings"]["veto_labels"][-1] == "speech"
+
+    def bench(*extra: str) -> dict:
+        out = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        assert main([*common, "--seeds", "3", *extra, "--out", str(out)]) == 0
+        return json.loads((out / "results.json").read_text())["summary"]["claudio"]
+
+    # The check as it is: bench/claps.py's own Claudio figures, cell for cell.
+    assert rows["current"]["summary"] == bench(*model)
+    # The check off: the detector alone.
+    assert rows["confirm_with_classifier=false"]["summary"] == bench("--no-classifier")
+    # A stricter check: a replay with that setting.
+    assert rows["min_clap_score=0.9"]["summary"] == bench(
+        *model, "--clap-setting", "min_clap_score=0.9"
+    )
+    # ... and the settings matter on these scenes (the tiny model's check rejects some).
+    assert rows["confirm_with_classifier=false"]["summary"] != rows["min_clap_score=0.9"]["summary"]
+    table = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| current |" in table and "| min_clap_score=0.9 |" in table
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("min_gap_s=0.2", "changes what the detector hears"),
+        ("min_clap_score=2", "min_clap_score"),
+        ("nonsense=1", "no clap setting 'nonsense'"),
+        ("veto_margin+=0.1", "not a list setting"),
+        ("min_clap_score", "is not KEY=VALUE"),
+    ],
+)
+def test_verifier_sweep_rejects_variants_it_cannot_score(variant, message) -> None:
+    from bench.verifier_sweep import parse_variant
+
+    with pytest.raises(ValueError, match=message):
+        parse_variant(variant)

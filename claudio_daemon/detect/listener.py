@@ -125,10 +125,14 @@ class ClapListener:
         return accepted
 
     def segment(self, pattern: ClapPattern) -> np.ndarray:
-        """The pattern's audio from the in-memory ring (what `classify` receives)."""
+        """The pattern's audio from the in-memory ring (what `classify` receives).
+
+        It ends at the decision at the latest, not at the current position, so the same
+        segment can be had again after the block that decided the pattern (bench/verifier_sweep.py).
+        """
         margin = int(self.settings.classify_margin_s * self.sample_rate)
         a = max(self.ring.start, pattern.clap_samples[0] - margin)
-        b = min(self.position, pattern.clap_samples[-1] + margin)
+        b = min(pattern.decided_sample, pattern.clap_samples[-1] + margin)
         return self.ring.get(a, max(a + 1, b))
 
     def _verify(self, pattern: ClapPattern) -> Verdict:

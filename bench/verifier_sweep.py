@@ -1,0 +1,350 @@
+"""How the clap check's settings trade real commands against false triggers, from one replay.
+
+    .venv/bin/python bench/verifier_sweep.py --data ../shared/data/esc50-16k-folds123 \\
+        --data ../shared/data/esc50-fold4-dev --seeds 0,1,2,3,4 \\
+        (--model FILE --folds 4 --clap-folds 1,2,3 | --cv-model 2=FILE --cv-model 3=FILE ...) \\
+        --variant min_clap_score=0.4 --variant min_clap_score=0.5 \\
+        --variant "veto_labels+=clock_tick" --out bench/results/verifier
+
+The classifier's verdict on a pattern never feeds back into the detector or the grouper:
+a rejected pattern is dropped, nothing else changes. So one replay of `bench/claps.py`'s
+scenes with the check switched off, keeping every pattern the detector reports with the
+classifier's scores for its audio (the segment the live check hears), tells exactly what
+the daemon would have reported under any setting of the check: `min_clap_score`,
+`veto_labels`, `veto_margin`, `veto_min_score`, `clap_label`. Each variant is scored like
+`bench/claps.py` scores Claudio (its "current" row is that benchmark's Claudio figures on
+the same scenes), so defaults can be chosen on one fold and checked on others, or
+cross-validated, without a replay per setting.
+
+A variant is one or more `KEY=VALUE` settings separated by spaces (values in YAML, as in
+rules.yaml's `claps:` section); `KEY+=VALUE` adds comma-separated labels to a list.
+Writes `sweep.json` and `sweep.md` to --out and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import scenes as sc  # noqa: E402
+from bench.claps import (  # noqa: E402
+    BLOCK,
+    MAX_COUNT,
+    SceneResult,
+    _cv_models,
+    _f,
+    _floats,
+    bench_rules,
+    run_all,
+    score_scene,
+    summarise,
+)
+from claudio_daemon.detect.settings import ClapSettings  # noqa: E402
+from claudio_daemon.detect.verify import ClapVerifier  # noqa: E402
+from claudio_daemon.events import ClapPattern  # noqa: E402
+
+#: The settings of the check itself; the rest (detector, grouping, the classified segment's
+#: margins) would change what the replay hears, so a variant may not touch them.
+CHECK_KEYS = frozenset(
+    {
+        "confirm_with_classifier",
+        "clap_label",
+        "veto_labels",
+        "veto_margin",
+        "veto_min_score",
+        "min_clap_score",
+    }
+)
+
+#: Every pattern the detector reported in one scene, with the classifier's scores for it.
+Heard = list[tuple[ClapPattern, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    settings: ClapSettings
+
+
+def parse_variant(text: str, base: ClapSettings | None = None) -> Variant:
+    """`"min_clap_score=0.5 veto_labels+=clock_tick"` -> settings (validated like rules.yaml)."""
+    base = base or ClapSettings()
+    values = base.model_dump()
+    for item in text.split():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"variant {text!r}: {item!r} is not KEY=VALUE")
+        append = key.endswith("+")
+        key = key.removesuffix("+")
+        if key in values and key not in CHECK_KEYS:
+            raise ValueError(
+                f"variant {text!r}: {key} changes what the detector hears, not the clap "
+                "check; sweep it with bench/claps.py --clap-setting"
+            )
+        if append:
+            if not isinstance(values.get(key), list):
+                raise ValueError(f"variant {text!r}: {key} is not a list setting")
+            values[key] = [*values[key], *(v.strip() for v in raw.split(",") if v.strip())]
+        elif key not in values:
+            raise ValueError(f"variant {text!r}: no clap setting {key!r}")
+        else:
+            values[key] = yaml.safe_load(raw)
+    try:
+        settings = ClapSettings.model_validate(values)
+    except Exception as exc:  # pydantic's message names the field
+        raise ValueError(f"variant {text!r}: {exc}") from exc
+    return Variant(text, settings)
+
+
+def replay(scene: sc.Scene, rules, classifier) -> Heard:  # noqa: ANN001 - daemon types
+    """The daemon's pipeline with the check off; each pattern classified as the check would."""
+    from claudio_daemon.pipeline import Pipeline
+
+    pipe = Pipeline(rules, classifier)
+    heard: Heard = []
+    for i in range(0, scene.audio.size, BLOCK):
+        for event in pipe.process(scene.audio[i : i + BLOCK]):
+            if isinstance(event, ClapPattern):
+                heard.append((event, classifier.classify_audio(pipe.claps.segment(event))))
+    return heard
+
+
+def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
+    """The patterns the daemon would have reported with this variant's clap check."""
+    if not heard:
+        return []
+    verifier = ClapVerifier(heard[0][1].keys(), variant.settings)
+    return [p for p, scores in heard if verifier.verify(scores).accepted]
+
+
+def replay_task(
+    data: Sequence[Path],
+    model: Path,
+    folds: list[int] | None,
+    clap_folds: list[int] | None,
+    seed: int,
+    variants: Sequence[Variant],
+    per_cell: int,
+    snrs: Sequence[float],
+    max_count: int,
+    progress: bool = False,
+) -> dict:
+    """One seed's scenes replayed once; each variant's scored scenes (picklable, for --jobs)."""
+    from claudio_daemon.model.classifier import OnnxClassifier
+    from claudio_daemon.rules.loader import parse_rules
+
+    text = bench_rules(model, max_count) + "claps:\n  confirm_with_classifier: false\n"
+    rules = parse_rules(text, "sweep-rules.yaml")
+    classifier = OnnxClassifier(model, device="cpu", threads=1)
+    scenes = sc.build_scene_set(
+        list(data), seed, per_cell, snrs=snrs, folds=folds, clap_folds=clap_folds
+    )
+    scored: dict[str, list[dict]] = {v.name: [] for v in variants}
+    heard_total = 0
+    for scene in scenes:
+        heard = replay(scene, rules, classifier)
+        heard_total += len(heard)
+        for v in variants:
+            scored[v.name].append(score_scene(scene, verdicts(v, heard), seed).__dict__)
+    return {"patterns_heard": heard_total, "scenes": scored}
+
+
+def sweep(
+    data: Sequence[Path],
+    plans: dict[str, tuple[Path, list[int] | None, list[int] | None]],
+    seeds: Sequence[int],
+    variants: Sequence[Variant],
+    *,
+    per_cell: int,
+    snrs: Sequence[float],
+    max_count: int = MAX_COUNT,
+    progress: bool = True,
+    jobs: int = 1,
+) -> dict:
+    """Replay every plan's scenes once and score each variant on them.
+
+    `plans`: name -> (model, distractor folds, clap folds); a fold each when cross-validated.
+    """
+    tasks = {
+        f"{name} seed {seed}": dict(
+            data=data,
+            model=model,
+            folds=folds,
+            clap_folds=clap_folds,
+            seed=seed,
+            variants=variants,
+            per_cell=per_cell,
+            snrs=snrs,
+            max_count=max_count,
+        )
+        for name, (model, folds, clap_folds) in plans.items()
+        for seed in seeds
+    }
+    done = run_all(tasks, jobs, progress, fn=replay_task)
+    out: dict = {
+        "config": {
+            "data": [str(d) for d in data],
+            "plans": {
+                k: {"model": str(m), "folds": f, "clap_folds": c} for k, (m, f, c) in plans.items()
+            },
+            "seeds": list(seeds),
+            "per_cell": per_cell,
+            "snrs": list(snrs),
+            "max_count": max_count,
+            "patterns_heard": sum(r["patterns_heard"] for r in done.values()),
+        },
+        "variants": {},
+    }
+    for v in variants:
+        by_plan = {
+            name: [
+                SceneResult(**r)
+                for seed in seeds
+                for r in done[f"{name} seed {seed}"]["scenes"][v.name]
+            ]
+            for name in plans
+        }
+        out["variants"][v.name] = {
+            "settings": v.settings.model_dump(),
+            "summary": summarise([r for rs in by_plan.values() for r in rs], max_count),
+            "per_plan": {k: summarise(rs, max_count) for k, rs in by_plan.items()},
+        }
+    return out
+
+
+def _row(name: str, s: dict, counts: Sequence[int]) -> str:
+    ft = s["false_triggers"]
+    cells = [
+        " / ".join(_f(s["cells"].get(f"{n}@{snr}", {}).get("f1")) for n in counts)
+        for snr in s["per_snr"]
+    ]
+    return (
+        f"| {name} | {ft['total']} ({ft['per_hour']:.2f}) | "
+        + " | ".join(cells)
+        + " | "
+        + " / ".join(_f(v["f1"]) for v in s["per_snr"].values())
+        + " |"
+    )
+
+
+def sweep_table(res: dict) -> str:
+    """A row per variant (pooled), then the same per plan (fold) when there are several."""
+    first = next(iter(res["variants"].values()))["summary"]
+    snrs = list(first["per_snr"])
+    counts = [n for n in (2, 3) if n <= res["config"]["max_count"]]
+    label = " / ".join(map(str, counts))
+    head = [
+        "| clap check | false triggers (per hour) | "
+        + " | ".join(f"{label}-clap F1, {snr} dB" for snr in snrs)
+        + " | all counts F1, "
+        + " / ".join(snrs)
+        + " dB |",
+        "|---|---:|" + "---|" * len(snrs) + "---|",
+    ]
+    hours = first["false_triggers"]["hours"]
+    lines = [
+        f"Clap check sweep: {res['config']['patterns_heard']} detector patterns, "
+        f"{hours:.1f} h of audio with no command, seeds "
+        f"{','.join(map(str, res['config']['seeds']))}; plans "
+        + ", ".join(
+            f"{k} ({p['model']}, folds {p['folds'] or 'all'})"
+            for k, p in res["config"]["plans"].items()
+        )
+        + ".",
+        "",
+        *head,
+    ]
+    lines += [_row(name, v["summary"], counts) for name, v in res["variants"].items()]
+    plans = list(res["config"]["plans"])
+    if len(plans) > 1:
+        for plan in plans:
+            lines += ["", f"{plan}:", "", *head]
+            lines += [
+                _row(name, v["per_plan"][plan], counts) for name, v in res["variants"].items()
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, action="append", required=True)
+    ap.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0])
+    ap.add_argument("--per-cell", type=int, default=12)
+    ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
+    ints = lambda t: [int(v) for v in t.split(",")]  # noqa: E731
+    ap.add_argument("--folds", type=ints, default=None)
+    ap.add_argument("--clap-folds", type=ints, default=None)
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--model", type=Path, help="ONNX model whose clap check is swept")
+    g.add_argument("--cv-model", action="append", metavar="FOLD=FILE", help="as bench/claps.py")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help='clap check settings to try, e.g. "min_clap_score=0.5" (repeatable); '
+        "the current defaults are always the first row",
+    )
+    ap.add_argument("--max-count", type=int, choices=(2, 3, 4), default=MAX_COUNT)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "verifier")
+    ap.add_argument("--jobs", type=int, default=1, help="replay in this many processes")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: must be at least 1")
+    try:
+        variants = [Variant("current", ClapSettings())] + [parse_variant(t) for t in args.variant]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if len({v.name for v in variants}) != len(variants):
+        ap.error("--variant: a variant given twice")
+    if args.cv_model:
+        if args.folds is not None or args.clap_folds is not None:
+            ap.error("--cv-model chooses the folds itself: leave out --folds and --clap-folds")
+        all_folds = sc.esc50_folds(args.data)
+        try:
+            models = _cv_models(args.cv_model, all_folds)
+        except ValueError as exc:
+            ap.error(str(exc))
+        plans = {
+            f"fold {k}": (m, [k], [f for f in all_folds if f != k])
+            for k, m in sorted(models.items())
+        }
+    else:
+        if not args.model.is_file():
+            ap.error(f"--model {args.model}: file not found")
+        plans = {"model": (args.model, args.folds, args.clap_folds)}
+    res = sweep(
+        args.data,
+        plans,
+        args.seeds,
+        variants,
+        per_cell=args.per_cell,
+        snrs=args.snrs,
+        max_count=args.max_count,
+        progress=not args.quiet,
+        jobs=args.jobs,
+    )
+    table = sweep_table(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps(res, indent=1))
+    (args.out / "sweep.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
