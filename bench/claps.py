@@ -48,6 +48,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -397,7 +398,7 @@ def plot(summary: dict[str, dict], path: Path, title: str) -> None:
     ax.set_xlabel("SNR (dB)")
     ax.set_ylabel("F1, exact pattern")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
