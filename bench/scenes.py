@@ -23,7 +23,7 @@ Conventions:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -80,11 +80,9 @@ class Scene:
 Roots = str | Path | Sequence[str | Path]
 
 
-def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) -> list[Path]:
-    """Files of one category in one or several ESC-50 layout folders (meta/esc50.csv + audio/)."""
+def _meta_rows(root: Roots) -> Iterator[tuple[Path, dict[str, str]]]:
+    """(folder, row of meta/esc50.csv) for one or several ESC-50 layout folders."""
     roots = [root] if isinstance(root, (str, Path)) else list(root)
-    wanted = None if folds is None else {int(f) for f in folds}
-    out = []
     for r in roots:
         r = Path(r)
         meta = r / "meta" / "esc50.csv"
@@ -92,22 +90,22 @@ def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) 
             raise FileNotFoundError(f"{meta}: not an ESC-50 layout folder (meta/esc50.csv missing)")
         with meta.open(newline="") as fh:
             for row in csv.DictReader(fh):
-                if row["category"] == category and (wanted is None or int(row["fold"]) in wanted):
-                    out.append(r / "audio" / row["filename"])
-    return sorted(out)
+                yield r, row
+
+
+def esc50_clips(root: Roots, category: str, folds: Iterable[int] | None = None) -> list[Path]:
+    """Files of one category in one or several ESC-50 layout folders (meta/esc50.csv + audio/)."""
+    wanted = None if folds is None else {int(f) for f in folds}
+    return sorted(
+        r / "audio" / row["filename"]
+        for r, row in _meta_rows(root)
+        if row["category"] == category and (wanted is None or int(row["fold"]) in wanted)
+    )
 
 
 def esc50_folds(root: Roots) -> list[int]:
     """The folds that one or several ESC-50 layout folders hold."""
-    roots = [root] if isinstance(root, (str, Path)) else list(root)
-    folds: set[int] = set()
-    for r in roots:
-        meta = Path(r) / "meta" / "esc50.csv"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: not an ESC-50 layout folder (meta/esc50.csv missing)")
-        with meta.open(newline="") as fh:
-            folds.update(int(row["fold"]) for row in csv.DictReader(fh))
-    return sorted(folds)
+    return sorted({int(row["fold"]) for _, row in _meta_rows(root)})
 
 
 @lru_cache(maxsize=2048)  # all of ESC-50 at 22,050 Hz is under 1 GB
