@@ -551,7 +551,7 @@ def run_all(
     tasks: dict[K, dict],
     jobs: int = 1,
     progress: bool = True,
-    fn: Callable[..., dict] | None = None,
+    fn: Callable[..., dict] = run_benchmark,
 ) -> dict[K, dict]:
     """`fn(**kwargs, progress=...)` (`run_benchmark`) for every task, in `jobs` processes.
 
@@ -560,7 +560,6 @@ def run_all(
     changes (the replay is single-threaded, and a full cross-validated run takes most of an
     hour on one core).
     """
-    fn = fn or run_benchmark
     if jobs <= 1 or len(tasks) <= 1:
         out = {}
         for i, (key, kwargs) in enumerate(tasks.items()):
@@ -579,9 +578,13 @@ def run_all(
         return out
 
 
+#: A cross-validated run's plan for one fold: (its model, [the fold], the other folds).
+FoldPlan = tuple[Path, list[int], list[int]]
+
+
 def run_crossval(
     data: Sequence[Path],
-    cv_models: dict[int, Path],
+    plans: dict[int, FoldPlan],
     seeds: Sequence[int],
     progress: bool = True,
     jobs: int = 1,
@@ -595,28 +598,21 @@ def run_crossval(
     other folds (the model's training folds, as with `--clap-folds`), the distractors and
     backgrounds from the test fold, each fold over the same seeds, all pooled.
     """
-    all_folds = sc.esc50_folds(data)
     tasks = {
         f"fold {fold} seed {seed}": dict(
-            data=data,
-            seed=seed,
-            model=model,
-            folds=[fold],
-            clap_folds=[f for f in all_folds if f != fold],
-            **options,
+            data=data, seed=seed, model=model, folds=folds, clap_folds=clap_folds, **options
         )
-        for fold, model in sorted(cv_models.items())
+        for fold, (model, folds, clap_folds) in plans.items()
         for seed in seeds
     }
     runs = run_all(tasks, jobs, progress)
     per_fold = {
         fold: pool_runs({seed: runs[f"fold {fold} seed {seed}"] for seed in seeds})
-        for fold in sorted(cv_models)
+        for fold in plans
     }
     res = pool_runs(per_fold, by="fold")
     fold_cfg = {str(k): r["config"] for k, r in per_fold.items()}
     res["config"].update(
-        seeds=list(seeds),
         clap_folds={k: c["clap_folds"] for k, c in fold_cfg.items()},
         model={k: c["model"] for k, c in fold_cfg.items()},
         single_claps={k: c["single_claps"] for k, c in fold_cfg.items()},
@@ -625,27 +621,30 @@ def run_crossval(
     return res
 
 
-def _cv_models(specs: Sequence[str], all_folds: Sequence[int]) -> dict[int, Path]:
-    """`FOLD=FILE` arguments as {fold: model}; problems raise ValueError naming the argument."""
-    out: dict[int, Path] = {}
-    for spec in specs:
+def cv_plans(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[int, FoldPlan]:
+    """`--cv-model FOLD=FILE` arguments as a plan per fold; problems are argparse errors."""
+    if args.folds is not None or args.clap_folds is not None:
+        ap.error("--cv-model chooses the folds itself: leave out --folds and --clap-folds")
+    all_folds = sc.esc50_folds(args.data)
+    if len(all_folds) < 2:
+        ap.error("--cv-model: the data holds one fold; the claps need another")
+    plans: dict[int, FoldPlan] = {}
+    for spec in args.cv_model:
         fold_text, sep, path = spec.partition("=")
         if not sep or not fold_text.strip().isdigit() or not path:
-            raise ValueError(f"--cv-model {spec}: expected FOLD=FILE, e.g. 2=fold2.int8.onnx")
+            ap.error(f"--cv-model {spec}: expected FOLD=FILE, e.g. 2=fold2.int8.onnx")
         fold = int(fold_text)
-        if fold in out:
-            raise ValueError(f"--cv-model {spec}: fold {fold} given twice")
+        if fold in plans:
+            ap.error(f"--cv-model {spec}: fold {fold} given twice")
         if fold not in all_folds:
-            raise ValueError(
+            ap.error(
                 f"--cv-model {spec}: the data has no fold {fold} "
                 f"(it has {', '.join(map(str, all_folds))})"
             )
         if not Path(path).is_file():
-            raise ValueError(f"--cv-model {spec}: {path}: file not found")
-        out[fold] = Path(path)
-    if len(all_folds) < 2:
-        raise ValueError("--cv-model: the data holds one fold; the claps need another")
-    return out
+            ap.error(f"--cv-model {spec}: {path}: file not found")
+        plans[fold] = (Path(path), [fold], [f for f in all_folds if f != fold])
+    return dict(sorted(plans.items()))
 
 
 def _header(cfg: dict, title: str) -> str:
@@ -661,6 +660,10 @@ def _header(cfg: dict, title: str) -> str:
         f"audio, {claps_text}; {thr_text}. Replay CPU: Claudio "
         f"{cfg['replay_s']['claudio']:.1f} s, baseline {cfg['replay_s']['baseline']:.1f} s.\n"
     )
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
 
 
 def _floats(text: str) -> list[float]:
@@ -680,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed.add_argument("--seed", type=int, default=0)
     seed.add_argument(
         "--seeds",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=_ints,
         default=None,
         help="several scene sets (e.g. 0,1,2,3,4), scored one by one and pooled",
     )
@@ -688,13 +691,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
     ap.add_argument(
         "--folds",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=_ints,
         default=None,
         help="only these ESC-50 folds (e.g. 1,2 to tune, 3,4 to check)",
     )
     ap.add_argument(
         "--clap-folds",
-        type=lambda t: [int(v) for v in t.split(",")],
+        type=_ints,
         default=None,
         help="cut the claps from these folds instead of --folds "
         "(distractors held out from a model that trained on the claps' folds)",
@@ -752,14 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_count=args.max_count,
     )
     if args.cv_model:
-        if args.folds is not None or args.clap_folds is not None:
-            ap.error("--cv-model chooses the folds itself: leave out --folds and --clap-folds")
-        try:
-            cv_models = _cv_models(args.cv_model, sc.esc50_folds(args.data))
-        except ValueError as exc:
-            ap.error(str(exc))
         res = run_crossval(
-            args.data, cv_models, seeds, progress=not args.quiet, jobs=args.jobs, **options
+            args.data, cv_plans(ap, args), seeds, progress=not args.quiet, jobs=args.jobs, **options
         )
         cfg = res["config"]
         seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"

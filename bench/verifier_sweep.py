@@ -45,10 +45,11 @@ from bench.claps import (  # noqa: E402
     BLOCK,
     MAX_COUNT,
     SceneResult,
-    _cv_models,
     _f,
     _floats,
+    _ints,
     bench_rules,
+    cv_plans,
     run_all,
     score_scene,
     summarise,
@@ -282,12 +283,11 @@ def sweep_table(res: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, action="append", required=True)
-    ap.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0])
+    ap.add_argument("--seeds", type=_ints, default=[0])
     ap.add_argument("--per-cell", type=int, default=12)
     ap.add_argument("--snrs", type=_floats, default=[20.0, 10.0, 5.0, 0.0])
-    ints = lambda t: [int(v) for v in t.split(",")]  # noqa: E731
-    ap.add_argument("--folds", type=ints, default=None)
-    ap.add_argument("--clap-folds", type=ints, default=None)
+    ap.add_argument("--folds", type=_ints, default=None)
+    ap.add_argument("--clap-folds", type=_ints, default=None)
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--model", type=Path, help="ONNX model whose clap check is swept")
     g.add_argument("--cv-model", action="append", metavar="FOLD=FILE", help="as bench/claps.py")
@@ -312,17 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len({v.name for v in variants}) != len(variants):
         ap.error("--variant: a variant given twice")
     if args.cv_model:
-        if args.folds is not None or args.clap_folds is not None:
-            ap.error("--cv-model chooses the folds itself: leave out --folds and --clap-folds")
-        all_folds = sc.esc50_folds(args.data)
-        try:
-            models = _cv_models(args.cv_model, all_folds)
-        except ValueError as exc:
-            ap.error(str(exc))
-        plans = {
-            f"fold {k}": (m, [k], [f for f in all_folds if f != k])
-            for k, m in sorted(models.items())
-        }
+        plans = {f"fold {k}": plan for k, plan in cv_plans(ap, args).items()}
     else:
         if not args.model.is_file():
             ap.error(f"--model {args.model}: file not found")
