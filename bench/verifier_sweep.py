@@ -27,7 +27,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,7 @@ def parse_variant(text: str, base: ClapSettings | None = None) -> Variant:
     """`"min_clap_score=0.5 veto_labels+=clock_tick"` -> settings (validated like rules.yaml)."""
     base = base or ClapSettings()
     values = base.model_dump()
+    changed: set[str] = set()
     for item in text.split():
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -104,8 +105,13 @@ def parse_variant(text: str, base: ClapSettings | None = None) -> Variant:
             raise ValueError(f"variant {text!r}: no clap setting {key!r}")
         else:
             values[key] = yaml.safe_load(raw)
+        changed.add(key)
     try:
-        settings = ClapSettings.model_validate(values)
+        # Only what the variant names counts as set: the rest stays the daemon's default,
+        # which a model's own clap_check replaces (`verdicts`), as in a live run.
+        settings = ClapSettings.model_validate(
+            {**base.model_dump(exclude_unset=True), **{k: values[k] for k in changed}}
+        )
     except Exception as exc:  # pydantic's message names the field
         raise ValueError(f"variant {text!r}: {exc}") from exc
     return Variant(text, settings)
@@ -124,11 +130,16 @@ def replay(scene: sc.Scene, rules, classifier) -> Heard:  # noqa: ANN001 - daemo
     return heard
 
 
-def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
-    """The patterns the daemon would have reported with this variant's clap check."""
+def verdicts(
+    variant: Variant, heard: Heard, model_check: Mapping[str, float] | None = None
+) -> list[ClapPattern]:
+    """The patterns the daemon would have reported with this variant's clap check, on a
+    model whose metadata carries `model_check` (its clap_check) for what the variant leaves
+    unset."""
     if not heard:
         return []
-    verifier = ClapVerifier(heard[0][1].keys(), variant.settings)
+    settings = variant.settings.with_defaults(model_check or {})
+    verifier = ClapVerifier(heard[0][1].keys(), settings)
     return [p for p, scores in heard if verifier.verify(scores).accepted]
 
 
@@ -156,12 +167,17 @@ def replay_task(
     )
     scored: dict[str, list[dict]] = {v.name: [] for v in variants}
     heard_total = 0
+    check = classifier.metadata.clap_check
     for scene in scenes:
         heard = replay(scene, rules, classifier)
         heard_total += len(heard)
         for v in variants:
-            scored[v.name].append(score_scene(scene, verdicts(v, heard), seed).__dict__)
-    return {"patterns_heard": heard_total, "scenes": scored}
+            scored[v.name].append(score_scene(scene, verdicts(v, heard, check), seed).__dict__)
+    return {
+        "patterns_heard": heard_total,
+        "model_clap_check": dict(classifier.metadata.clap_check),
+        "scenes": scored,
+    }
 
 
 def sweep(
@@ -200,7 +216,14 @@ def sweep(
         "config": {
             "data": [str(d) for d in data],
             "plans": {
-                k: {"model": str(m), "folds": f, "clap_folds": c} for k, (m, f, c) in plans.items()
+                k: {
+                    "model": str(m),
+                    "folds": f,
+                    "clap_folds": c,
+                    # What "current" means for this model: the daemon's defaults with these.
+                    "model_clap_check": done[f"{k} seed {seeds[0]}"]["model_clap_check"],
+                }
+                for k, (m, f, c) in plans.items()
             },
             "seeds": list(seeds),
             "per_cell": per_cell,
@@ -296,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         help='clap check settings to try, e.g. "min_clap_score=0.5" (repeatable); '
-        "the current defaults are always the first row",
+        "the first row is always the current check: the daemon's defaults, with the "
+        "model's own clap_check (its metadata) where it carries one",
     )
     ap.add_argument("--max-count", type=int, choices=(2, 3, 4), default=MAX_COUNT)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "verifier")

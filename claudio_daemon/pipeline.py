@@ -72,6 +72,18 @@ class Pipeline:
             max_count=rules.max_clap_count(),
             classify=classifier.classify_audio if classifier is not None else None,
         )
+        if classifier is not None:
+            taken = {
+                k: v
+                for k, v in classifier.metadata.clap_check.items()
+                if k not in rules.claps.model_fields_set
+            }
+            if taken:
+                log.info(
+                    "clap check as measured for model %s: %s",
+                    classifier.metadata.model_name,
+                    ", ".join(f"{k} {v:g}" for k, v in sorted(taken.items())),
+                )
         self._set_thresholds(rules)
         self._last_classified = -(10**12)
         self._last_reported: dict[str, int] = {}
@@ -86,6 +98,8 @@ class Pipeline:
         return self.engine.rules
 
     def _clap_settings(self, settings: ClapSettings) -> ClapSettings:
+        if self.classifier is not None:
+            settings = settings.with_defaults(self.classifier.metadata.clap_check)
         if self.calibration is None:
             return settings
         return apply_calibration(settings, self.calibration)

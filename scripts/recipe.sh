@@ -8,7 +8,10 @@
 # "HEAD" mines with this checkout's detector instead, which finds fewer patterns), PYTHON
 # (.venv/bin/python: any interpreter that imports the training package and its extra),
 # FIT_ARGS (more `fit` options for both steps, e.g. `--no-channels-last` to repeat the
-# runs made before channels-last training bit for bit).
+# runs made before channels-last training bit for bit), CLAP_CHECK (min_clap_score=0.5:
+# the clap check's operating point written into the exported models' metadata, chosen for
+# this recipe's models with bench/verifier_sweep.py on held-out folds; README, "Clap
+# benchmark"; several KEY=VALUE separated by spaces).
 # Where both caches are already built, or unpacked from `claudio-train pack-cache`
 # (scripts/gpu_lease.sh), no recordings are needed.
 
@@ -19,6 +22,7 @@ DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
+read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.5}"
 T=claudio_train
 claudio_train() { "$PY" -m training.cli "$@"; }
 E16=$DATA/esc50-16k-folds123
@@ -133,7 +137,10 @@ recipe_train() {
         --segment-prob 0.5 "${split[@]}" "${FIT_EXTRA[@]}" >>"$run/claps.log" 2>&1
     if [ ! -f "$run/export/model.int8.onnx" ]; then
         say "$name: export (INT8)"
+        local check=() c
+        for c in "${CLAP_CHECK_ARGS[@]}"; do check+=(--clap-check "$c"); done
         "$T" export "$run/claps/last.pt" --out "$run/export/model.onnx" \
-            --parity-data "$WORK/cache/esc50-claps-$name" --int8 >"$run/export.log" 2>&1
+            --parity-data "$WORK/cache/esc50-claps-$name" --int8 "${check[@]}" \
+            >"$run/export.log" 2>&1
     fi
 }

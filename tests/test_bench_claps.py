@@ -301,6 +301,18 @@ def test_verifier_sweep_reproduces_the_benchmark_from_one_replay(
     table = (tmp_path / "sweep" / "sweep.md").read_text()
     assert "| current |" in table and "| min_clap_score=0.9 |" in table
 
+    # A model that carries its own operating point: "current" is the daemon with it, and a
+    # variant still overrides it, as rules.yaml would.
+    from tests.fixtures.onnx_model import build_tiny_onnx_model
+
+    strict = build_tiny_onnx_model(tmp_path / "strict.onnx", clap_check={"min_clap_score": 0.9})
+    argv = [*common, "--seeds", "3", "--model", str(strict), "--variant", "min_clap_score=0.5"]
+    assert verifier_sweep.main([*argv, "--out", str(tmp_path / "sweep-strict")]) == 0
+    res = json.loads((tmp_path / "sweep-strict" / "sweep.json").read_text())
+    assert res["config"]["plans"]["model"]["model_clap_check"] == {"min_clap_score": 0.9}
+    assert res["variants"]["current"]["summary"] == rows["min_clap_score=0.9"]["summary"]
+    assert res["variants"]["min_clap_score=0.5"]["summary"] == rows["current"]["summary"]
+
 
 @pytest.mark.parametrize(
     ("variant", "message"),

@@ -104,3 +104,43 @@ def test_parity_failure_raises(tmp_path: Path) -> None:
     # A tolerance no float32 graph can meet must trip the check rather than pass silently.
     with pytest.raises(ExportError, match="differ from torch"):
         export_onnx(_checkpoint(tmp_path, "resnet18"), tmp_path / "m.onnx", tolerance=0.0)
+
+
+def test_the_clap_check_travels_with_the_model(tmp_path: Path) -> None:
+    """`export --clap-check` writes it into both files, `clap-check` shows and changes it,
+    and the daemon reads it back; what it could not use is refused with the option named."""
+    from typer.testing import CliRunner
+
+    from claudio_daemon.model.classifier import OnnxClassifier
+    from training.cli import app
+
+    ckpt = _checkpoint(tmp_path, "simple_cnn")
+    out = tmp_path / "m.onnx"
+    cli = CliRunner()
+    args = ["export", str(ckpt), "--out", str(out), "--int8"]
+    res = cli.invoke(app, [*args, "--clap-check", "min_clap_score=0.6"])
+    assert res.exit_code == 0, res.output
+    for path in (out, tmp_path / "m.int8.onnx"):
+        assert OnnxClassifier(path).metadata.clap_check == {"min_clap_score": 0.6}
+    res = cli.invoke(app, ["clap-check", str(out)])
+    assert res.exit_code == 0 and 'clap check {"min_clap_score": 0.6}' in res.output
+    res = cli.invoke(app, ["clap-check", str(out), "--set", "veto_margin=0.1"])
+    assert res.exit_code == 0, res.output
+    meta = OnnxClassifier(out).metadata
+    assert meta.clap_check == {"min_clap_score": 0.6, "veto_margin": 0.1}
+    assert meta.labels == tuple(LABELS) and meta.frontend.mean == -42.5  # the rest is kept
+    res = cli.invoke(app, ["clap-check", str(out), "--clear"])
+    assert res.exit_code == 0 and "no clap check of its own" in res.output
+    assert OnnxClassifier(out).metadata.clap_check == {}
+    for bad, needle in [
+        ("highpass_hz=300", "unknown setting 'highpass_hz'"),
+        ("min_clap_score=2", "must be in [0, 1]"),
+        ("min_clap_score", "not KEY=VALUE"),
+        ("min_clap_score=high", "is not a number"),
+    ]:
+        res = cli.invoke(app, ["clap-check", str(out), "--set", bad])
+        assert res.exit_code == 2 and needle in res.output and "--set" in res.output
+    res = cli.invoke(app, [*args, "--clap-check", "min_clap_score=-1"])
+    assert res.exit_code == 2 and "--clap-check: claudio.clap_check.min_clap_score" in res.output
+    res = cli.invoke(app, ["clap-check", str(ckpt)])
+    assert res.exit_code == 2 and "not an exported .onnx file" in res.output

@@ -77,6 +77,31 @@ def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _clap_check(items: list[str] | None, option: str) -> dict[str, float]:
+    """`["min_clap_score=0.5"]` -> {"min_clap_score": 0.5}, checked as the daemon will."""
+    from claudio_daemon.model.metadata import parse_clap_check
+
+    out: dict[str, float] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{option} {item!r}: not KEY=VALUE")
+        try:
+            out[key.strip()] = float(raw)
+        except ValueError:
+            raise ValueError(f"{option} {item!r}: {raw!r} is not a number") from None
+    try:
+        return parse_clap_check(out)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}") from None
+
+
+_CLAP_CHECK_HELP = (
+    "The daemon's clap check measured for this model, KEY=VALUE (min_clap_score, "
+    "veto_margin, veto_min_score; repeatable): used where rules.yaml does not set it."
+)
+
+
 @app.callback()
 def _setup(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
@@ -419,10 +444,14 @@ def export(
         Path | None, typer.Option(help="Data to measure the INT8 accuracy change on.")
     ] = None,
     eval_folds: Annotated[list[str] | None, typer.Option(help="Folds of --eval-data.")] = None,
+    clap_check: Annotated[
+        list[str] | None, typer.Option("--clap-check", help=_CLAP_CHECK_HELP)
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX with Claudio metadata, checked against onnxruntime."""
     from training.export import export_onnx
 
+    check = _clap_check(clap_check, "--clap-check")
     rep = export_onnx(
         checkpoint,
         out,
@@ -431,6 +460,7 @@ def export(
         parity_inputs=parity_data,
         int8_eval_data=eval_data,
         int8_eval_folds=_folds(eval_folds) or None,
+        clap_check=check,
     )
     typer.echo(
         f"wrote {rep.path} ({rep.size_bytes / 1e6:.1f} MB, opset {rep.opset}, "
@@ -444,6 +474,34 @@ def export(
             else ""
         )
         typer.echo(f"wrote {rep.int8_path} ({rep.int8_size_bytes / 1e6:.1f} MB{delta})")
+
+
+@app.command("clap-check")
+@_friendly
+def clap_check_cmd(
+    model: Annotated[Path, typer.Argument(help="An exported .onnx file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE to write (repeatable).")
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Drop what the model carries first.")
+    ] = False,
+) -> None:
+    """Show or set the clap check settings an exported model carries (its operating point,
+    e.g. min_clap_score picked with bench/verifier_sweep.py); the daemon uses them where
+    rules.yaml does not set them."""
+    from training.export import read_metadata, set_clap_check
+
+    if model.suffix != ".onnx":
+        raise ValueError(f"{model}: not an exported .onnx file")
+    if not model.is_file():
+        raise FileNotFoundError(f"{model}: no such file")
+    values = _clap_check(set_, "--set")
+    meta = set_clap_check(model, values, clear=clear) if values or clear else read_metadata(model)
+    if meta.clap_check:
+        typer.echo(f"{model}: clap check {json.dumps(meta.clap_check, sort_keys=True)}")
+    else:
+        typer.echo(f"{model}: no clap check of its own (the daemon's defaults apply)")
 
 
 from training.compare.cli import register as _register_compare  # noqa: E402

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 from claudio_daemon.features.frontend import FrontEndConfig
-from claudio_daemon.model.metadata import ModelMetadata
+from claudio_daemon.model.metadata import ModelMetadata, parse_clap_check
 from training.fit import build_model_from_checkpoint, checkpoint_frontend, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,33 @@ def _write_metadata(path: Path, meta: ModelMetadata, opset_floor: int) -> int:
     return opset
 
 
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The Claudio metadata of an exported ONNX file (as the daemon reads it)."""
+    import onnx
+
+    path = Path(path)
+    m = onnx.load(str(path), load_external_data=False)
+    return ModelMetadata.from_onnx_props({p.key: p.value for p in m.metadata_props}, str(path))
+
+
+def set_clap_check(
+    path: str | Path, values: Mapping[str, float], *, clear: bool = False
+) -> ModelMetadata:
+    """Write the clap check's operating point into an exported model, keeping its other
+    metadata; `values` are added to what it carries (all of it replaced with `clear`).
+
+    Why a command of its own: the operating point is measured on the exported (INT8) file
+    with bench/verifier_sweep.py, after the export.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    check = {} if clear else dict(meta.clap_check)
+    check.update(parse_clap_check(dict(values)))
+    meta = replace(meta, clap_check=check)
+    _write_metadata(path, meta, MIN_OPSET)
+    return meta
+
+
 def _session(path: Path):
     import onnxruntime as ort
 
@@ -181,6 +209,7 @@ def export_onnx(
     int8_eval_data: str | Path | None = None,
     int8_eval_folds: tuple[str, ...] | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    clap_check: Mapping[str, float] | None = None,
 ) -> ExportReport:
     """Export a `fit` checkpoint to ONNX (input "mel" (B,1,n_mels,n_frames), output
     "logits"), write Claudio metadata, and verify parity with onnxruntime.
@@ -189,7 +218,8 @@ def export_onnx(
     With `quantize_int8`, also writes `<out>.int8.onnx` (static QDQ quantisation calibrated
     on `CALIBRATION_CLIPS` clips of the training folds when `parity_inputs` is a cache
     folder, else on the parity inputs) and, given `int8_eval_data`, its metric change on
-    that data.
+    that data. `clap_check`: the daemon's clap-check settings measured for this recipe's
+    models (`ModelMetadata.clap_check`), written into both files.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
@@ -203,6 +233,7 @@ def export_onnx(
         frontend=fe,
         model_name=str(ckpt["model_name"]),
         training_data=dict(ckpt.get("training_data", {})),
+        clap_check=dict(clap_check or {}),
     )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

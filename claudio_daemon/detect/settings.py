@@ -7,7 +7,7 @@ file (`claudio_daemon.calibrate.model`) is an improvement, not a requirement.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from pydantic import Field, model_validator
 
@@ -307,7 +307,9 @@ class ClapSettings(StrictModel):
         ge=0.0,
         le=1.0,
         description="The clap label must score at least this much for a pattern to count "
-        "(0 = the classifier only vetoes). Set 0 for a model that never heard isolated claps.",
+        "(0 = the classifier only vetoes). Unset: the model's own value where it carries one "
+        "(its metadata's clap_check), else 0.5. Set 0 for a model that never heard isolated "
+        "claps.",
     )
     classify_margin_s: float = Field(
         0.3,
@@ -315,6 +317,17 @@ class ClapSettings(StrictModel):
         le=5.0,
         description="Audio before the first and after the last clap handed to the classifier.",
     )
+
+    def with_defaults(self, defaults: Mapping[str, float]) -> ClapSettings:
+        """These settings, with `defaults` (a model's clap_check) for what the user left unset.
+
+        What rules.yaml sets always wins; the model's values replace only the daemon's
+        built-in defaults, which were measured for one particular model.
+        """
+        unset = {k: v for k, v in defaults.items() if k not in self.model_fields_set}
+        if not unset:
+            return self
+        return type(self).model_validate({**self.model_dump(), **unset})
 
     def clap_label_for(self, labels: Iterable[str]) -> str:
         """The clap label to ask a model with these labels for (it may not have it)."""

@@ -13,6 +13,9 @@ from claudio_daemon.features.frontend import FrontEndConfig
 
 PREFIX = "claudio."
 FORMAT_VERSION = 1
+#: The clap check's settings a model may carry (`ModelMetadata.clap_check`): they depend on
+#: how that model's scores are calibrated, so they travel with it, not with the daemon.
+CLAP_CHECK_KEYS: tuple[str, ...] = ("min_clap_score", "veto_margin", "veto_min_score")
 
 
 class ModelMetadataError(ValueError):
@@ -28,10 +31,18 @@ class ModelMetadata:
     training_data: dict = field(default_factory=dict)
     #: "logits" (the daemon applies a sigmoid) or "probabilities".
     output: str = "logits"
+    #: The clap check's operating point measured for this model (e.g. `min_clap_score`
+    #: chosen with bench/verifier_sweep.py on held-out folds): the daemon uses these where
+    #: rules.yaml does not set them. Optional, and an older daemon ignores it, so adding it
+    #: needs no new format version.
+    clap_check: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clap_check", parse_clap_check(self.clap_check))
+
     def to_onnx_props(self) -> dict[str, str]:
-        return {
+        props = {
             PREFIX + "format_version": str(self.format_version),
             PREFIX + "labels": json.dumps(list(self.labels)),
             PREFIX + "frontend": self.frontend.to_json(),
@@ -39,6 +50,9 @@ class ModelMetadata:
             PREFIX + "training_data": json.dumps(self.training_data, sort_keys=True),
             PREFIX + "output": self.output,
         }
+        if self.clap_check:
+            props[PREFIX + "clap_check"] = json.dumps(self.clap_check, sort_keys=True)
+        return props
 
     @classmethod
     def from_onnx_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
@@ -68,15 +82,38 @@ class ModelMetadata:
                 raise ModelMetadataError(
                     f"{source}: {PREFIX}output must be logits or probabilities"
                 )
+            try:
+                clap_check = parse_clap_check(json.loads(props.get(PREFIX + "clap_check", "{}")))
+            except ModelMetadataError as exc:
+                raise ModelMetadataError(f"{source}: {exc}") from None
             return cls(
                 labels=tuple(labels),
                 frontend=FrontEndConfig.from_json(need("frontend")),
                 model_name=need("model_name"),
                 training_data=json.loads(props.get(PREFIX + "training_data", "{}")),
                 output=output,
+                clap_check=clap_check,
                 format_version=version,
             )
         except (json.JSONDecodeError, TypeError, ValueError) as exc:
             if isinstance(exc, ModelMetadataError):
                 raise
             raise ModelMetadataError(f"{source}: malformed Claudio metadata: {exc}") from exc
+
+
+def parse_clap_check(values: object) -> dict[str, float]:
+    """Validate a clap-check operating point: known keys, probabilities in [0, 1]."""
+    if not isinstance(values, dict):
+        raise ModelMetadataError(f"{PREFIX}clap_check must be a JSON object, got {values!r}")
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if key not in CLAP_CHECK_KEYS:
+            raise ModelMetadataError(
+                f"{PREFIX}clap_check: unknown setting {key!r} (known: {', '.join(CLAP_CHECK_KEYS)})"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelMetadataError(f"{PREFIX}clap_check.{key} must be a number, got {value!r}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ModelMetadataError(f"{PREFIX}clap_check.{key} must be in [0, 1], got {value}")
+        out[key] = float(value)
+    return out
