@@ -73,11 +73,7 @@ class Pipeline:
             classify=classifier.classify_audio if classifier is not None else None,
         )
         if classifier is not None:
-            taken = {
-                k: v
-                for k, v in classifier.metadata.clap_check.items()
-                if k not in rules.claps.model_fields_set
-            }
+            taken = rules.claps.unset_of(classifier.metadata.clap_check)
             if taken:
                 log.info(
                     "clap check as measured for model %s: %s",

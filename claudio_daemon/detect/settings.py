@@ -324,10 +324,14 @@ class ClapSettings(StrictModel):
         What rules.yaml sets always wins; the model's values replace only the daemon's
         built-in defaults, which were measured for one particular model.
         """
-        unset = {k: v for k, v in defaults.items() if k not in self.model_fields_set}
+        unset = self.unset_of(defaults)
         if not unset:
             return self
         return type(self).model_validate({**self.model_dump(), **unset})
+
+    def unset_of(self, defaults: Mapping[str, float]) -> dict[str, float]:
+        """The part of `defaults` that `with_defaults` takes (the user did not set it)."""
+        return {k: v for k, v in defaults.items() if k not in self.model_fields_set}
 
     def clap_label_for(self, labels: Iterable[str]) -> str:
         """The clap label to ask a model with these labels for (it may not have it)."""
