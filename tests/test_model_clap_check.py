@@ -17,16 +17,9 @@ from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import parse_rules
 from tests.fixtures.onnx_model import TINY_FRONTEND, build_tiny_onnx_model
 from tests.test_claps import scene
+from tests.test_pipeline_reload import RULES
 
 pytest.importorskip("onnx")
-
-RULES = """\
-audio: {calibration: null}
-appliances:
-  lamp: {preset: tasmota, topic: lamp}
-triggers:
-  - {claps: 2, actions: [lamp: toggle]}
-"""
 
 
 def _meta(**check: object) -> ModelMetadata:
