@@ -5,7 +5,11 @@
 #
 # Environment: BASE_EPOCHS (60), STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
 # MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
-# "HEAD" mines with this checkout's detector instead, which finds fewer patterns), PYTHON
+# "HEAD" mines with this checkout's detector instead, which finds fewer patterns a replay),
+# MINE_REPLAYS (2: replays of each recording over a background when mining; with HEAD, 4
+# mine about as many clips as dca555f's 2; tried on folds 2-4 and not adopted:
+# models/README.md, "Hard negatives mined with today's detector"; a WORK that has mined
+# once keeps its clips, so change these with a fresh WORK), PYTHON
 # (.venv/bin/python: any interpreter that imports the training package and its extra),
 # FIT_ARGS (more `fit` options for both steps, e.g. `--no-channels-last` to repeat the
 # runs made before channels-last training bit for bit), CLAP_CHECK (min_clap_score=0.5:
@@ -20,6 +24,7 @@ STEP2_EPOCHS=${STEP2_EPOCHS:-24}
 SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
+MINE_REPLAYS=${MINE_REPLAYS:-2}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
 read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.5}"
@@ -62,7 +67,7 @@ recipe_inputs() {
     fi
     if [ ! -f "$WORK/data/mined/.done" ]; then
         local mine=(mine-patterns "$E16" "$E44" --out "$WORK/data/mined" --seed "$SEED"
-            --replays 2 --max-per-recording 2 --force)
+            --replays "$MINE_REPLAYS" --max-per-recording 2 --force)
         if [ "$MINE_COMMIT" = HEAD ]; then
             say "mining hard negatives with this checkout's detector"
             "$T" "${mine[@]}"
