@@ -27,8 +27,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -108,7 +108,7 @@ def parse_variant(text: str, base: ClapSettings | None = None) -> Variant:
         changed.add(key)
     try:
         # Only what the variant names counts as set: the rest stays the daemon's default,
-        # which a model's own clap_check replaces (`verdicts`), as in a live run.
+        # which a model's own clap_check replaces (`replay_task`), as in a live run.
         settings = ClapSettings.model_validate(
             {**base.model_dump(exclude_unset=True), **{k: values[k] for k in changed}}
         )
@@ -130,16 +130,11 @@ def replay(scene: sc.Scene, rules, classifier) -> Heard:  # noqa: ANN001 - daemo
     return heard
 
 
-def verdicts(
-    variant: Variant, heard: Heard, model_check: Mapping[str, float] | None = None
-) -> list[ClapPattern]:
-    """The patterns the daemon would have reported with this variant's clap check, on a
-    model whose metadata carries `model_check` (its clap_check) for what the variant leaves
-    unset."""
+def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
+    """The patterns the daemon would have reported with this variant's clap check."""
     if not heard:
         return []
-    settings = variant.settings.with_defaults(model_check or {})
-    verifier = ClapVerifier(heard[0][1].keys(), settings)
+    verifier = ClapVerifier(heard[0][1].keys(), variant.settings)
     return [p for p, scores in heard if verifier.verify(scores).accepted]
 
 
@@ -165,19 +160,18 @@ def replay_task(
     scenes = sc.build_scene_set(
         list(data), seed, per_cell, snrs=snrs, folds=folds, clap_folds=clap_folds
     )
+    # What a variant leaves unset is the model's own clap_check where it carries one, as in
+    # a live run (the daemon's defaults otherwise); resolved once for this model.
+    check = classifier.metadata.clap_check
+    resolved = [replace(v, settings=v.settings.with_defaults(check)) for v in variants]
     scored: dict[str, list[dict]] = {v.name: [] for v in variants}
     heard_total = 0
-    check = classifier.metadata.clap_check
     for scene in scenes:
         heard = replay(scene, rules, classifier)
         heard_total += len(heard)
-        for v in variants:
-            scored[v.name].append(score_scene(scene, verdicts(v, heard, check), seed).__dict__)
-    return {
-        "patterns_heard": heard_total,
-        "model_clap_check": dict(classifier.metadata.clap_check),
-        "scenes": scored,
-    }
+        for v in resolved:
+            scored[v.name].append(score_scene(scene, verdicts(v, heard), seed).__dict__)
+    return {"patterns_heard": heard_total, "model_clap_check": dict(check), "scenes": scored}
 
 
 def sweep(

@@ -20,7 +20,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader
 
 from claudio_daemon.features.frontend import FrontEndConfig
-from claudio_daemon.model.metadata import ModelMetadata, parse_clap_check
+from claudio_daemon.model.metadata import ModelMetadata
 from training.fit import build_model_from_checkpoint, checkpoint_frontend, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ def set_clap_check(
     path = Path(path)
     meta = read_metadata(path)
     check = {} if clear else dict(meta.clap_check)
-    check.update(parse_clap_check(dict(values)))
-    meta = replace(meta, clap_check=check)
+    meta = replace(meta, clap_check={**check, **values})  # validated by ModelMetadata
     _write_metadata(path, meta, MIN_OPSET)
     return meta
 
