@@ -7,11 +7,12 @@
         --variant "veto_labels+=clock_tick" --out bench/results/verifier
 
 The classifier's verdict on a pattern never feeds back into the detector or the grouper:
-a rejected pattern is dropped, nothing else changes. So one replay of `bench/claps.py`'s
-scenes with the check switched off, keeping every pattern the detector reports with the
-classifier's scores for its audio (the segment the live check hears), tells exactly what
-the daemon would have reported under any setting of the check: `min_clap_score`,
-`veto_labels`, `veto_margin`, `veto_min_score`, `clap_label`. Each variant is scored like
+a rejected pattern is dropped, one counted smaller is reported smaller, nothing else
+changes. So one replay of `bench/claps.py`'s scenes with the check switched off, keeping
+every pattern the detector reports with the classifier's scores for its audio and for each
+clap's own (what the live check hears), tells exactly what the daemon would have reported
+under any setting of the check: `min_clap_score`, `min_single_clap_score`, `veto_labels`,
+`veto_margin`, `veto_min_score`, `clap_label`. Each variant is scored like
 `bench/claps.py` scores Claudio (its "current" row is that benchmark's Claudio figures on
 the same scenes), so defaults can be chosen on one fold and checked on others, or
 cross-validated, without a replay per setting.
@@ -68,11 +69,13 @@ CHECK_KEYS = frozenset(
         "veto_margin",
         "veto_min_score",
         "min_clap_score",
+        "min_single_clap_score",
     }
 )
 
-#: Every pattern the detector reported in one scene, with the classifier's scores for it.
-Heard = list[tuple[ClapPattern, dict[str, float]]]
+#: Every pattern the detector reported in one scene, with the classifier's scores for its
+#: audio and for each clap's own.
+Heard = list[tuple[ClapPattern, dict[str, float], list[dict[str, float]]]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def replay(scene: sc.Scene, rules, classifier) -> Heard:  # noqa: ANN001 - daemo
     for i in range(0, scene.audio.size, BLOCK):
         for event in pipe.process(scene.audio[i : i + BLOCK]):
             if isinstance(event, ClapPattern):
-                heard.append((event, classifier.classify_audio(pipe.claps.segment(event))))
+                scores = classifier.classify_audio(pipe.claps.segment(event))
+                each = [classifier.classify_audio(a) for a in pipe.claps.clap_segments(event)]
+                heard.append((event, scores, each))
     return heard
 
 
@@ -134,8 +139,9 @@ def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
     """The patterns the daemon would have reported with this variant's clap check."""
     if not heard:
         return []
-    verifier = ClapVerifier(heard[0][1].keys(), variant.settings)
-    return [p for p, scores in heard if verifier.verify(scores).accepted]
+    verifier = ClapVerifier(heard[0][1].keys(), variant.settings, sc.SAMPLE_RATE)
+    counted = (verifier.check(p, scores, each)[0] for p, scores, each in heard)
+    return [p for p in counted if p is not None]
 
 
 def replay_task(

@@ -8,7 +8,8 @@ import pytest
 from claudio_daemon.detect.claps import ClapDetector
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
-from claudio_daemon.detect.verify import ClapVerifier
+from claudio_daemon.detect.verify import ClapVerifier, clap_spans
+from claudio_daemon.events import ClapPattern
 
 SR = 22050
 
@@ -193,6 +194,74 @@ def test_verifier_asks_for_clap_pattern_when_the_model_has_it() -> None:
     assert chosen.verify({"clapping": 0.6, "clap_pattern": 0.0}).accepted
     # Older models only have ESC-50's clapping.
     assert ClapVerifier(["clapping", "dog"], ClapSettings()).clap_label == "clapping"
+
+
+def test_clap_spans_reach_half_way_to_the_neighbours() -> None:
+    m = int(0.3 * SR)
+    spans = clap_spans([SR, SR + 4410, 2 * SR + 4410], m, 2 * SR + 4410 + 2000)
+    # 0.2 s to the second clap: 0.1 s each side of that gap; 0.8 s to the third: the margin.
+    assert spans == [
+        (SR - m, SR + 2205),
+        (SR + 2205, SR + 4410 + m),
+        (2 * SR + 4410 - m, 2 * SR + 4410 + 2000),  # not past the decision
+    ]
+
+
+def _pattern(*seconds: float) -> ClapPattern:
+    samples = tuple(int(t * SR) for t in seconds)
+    return ClapPattern(len(samples), samples, samples[-1] + SR, -20.0)
+
+
+CLAP = {"clap_pattern": 0.9, "clapping": 0.05, "keyboard_typing": 0.05, "footsteps": 0.0}
+KEY = {"clap_pattern": 0.03, "clapping": 0.0, "keyboard_typing": 0.97, "footsteps": 0.0}
+
+
+def test_a_clap_that_alone_sounds_like_something_else_is_not_counted() -> None:
+    v = ClapVerifier(CLAP.keys(), ClapSettings(), SR)
+    assert v.checks_each_clap
+    four = _pattern(1.0, 1.2, 1.5, 2.0)
+    counted, verdict = v.check(four, CLAP, [CLAP, KEY, CLAP, CLAP])
+    assert counted is not None and verdict.accepted
+    assert counted.count == 3 and counted.clap_samples == four.clap_samples[::2] + (2 * SR,)
+    assert "3 of 4 counted (clap 2 sounds like keyboard_typing 0.97)" in verdict.reason
+    # All claps: the pattern as it was; the whole pattern is still asked.
+    assert v.check(four, CLAP, [CLAP] * 4)[0] == four
+    assert v.check(four, KEY, [CLAP] * 4)[0] is None
+    # What is left must still be a pattern: no gap longer than max_gap_s (0.9 s).
+    wide = _pattern(1.0, 1.6, 2.2)
+    counted, verdict = v.check(wide, CLAP, [CLAP, KEY, CLAP])
+    assert counted is None and verdict.reason.startswith("no pattern without the other sounds")
+    assert v.check(_pattern(1.0, 1.3), CLAP, [KEY, KEY])[0] is None
+    # One clap of a command heard alone may be more applause than pattern: still a clap.
+    applause = {**KEY, "clapping": 0.6}
+    assert v.check(four, CLAP, [CLAP, applause, CLAP, CLAP])[0] == four
+    # Off (0), or without each clap's scores: the whole pattern decides alone.
+    off = ClapVerifier(CLAP.keys(), ClapSettings(min_single_clap_score=0.0), SR)
+    assert not off.checks_each_clap
+    assert off.check(four, CLAP, [CLAP, KEY, CLAP, CLAP])[0] == four
+    assert v.check(four, CLAP)[0] == four
+    with pytest.raises(ValueError, match="3 clap scores for a pattern of 4"):
+        v.check(four, CLAP, [CLAP] * 3)
+
+
+def test_the_listener_asks_about_each_clap_too() -> None:
+    """Each clap's own audio goes to the classifier after the pattern's; a clap it hears
+    as another sound is left out of the count. (A stand-in classifier: which clap is the
+    odd one out must be known; the benchmark measures the real model.)"""
+    x = scene([1.0, 1.3, 1.6], 3.5)
+    asked: list[int] = []
+
+    def classify(segment: np.ndarray) -> dict[str, float]:
+        asked.append(len(segment))
+        return KEY if len(asked) == 3 else CLAP  # the second clap is a keystroke
+
+    listener = ClapListener(ClapSettings(), SR, 3, classify=classify)
+    (pattern,) = listener.push(x)
+    assert pattern.count == 2 and len(asked) == 4
+    assert asked[0] > SR  # the whole pattern, then each clap: 0.3 + 0.15, 0.3, 0.15 + 0.3 s
+    expected = [0.45 * SR, 0.3 * SR, 0.45 * SR]
+    assert all(abs(a - b) < 0.005 * SR for a, b in zip(asked[1:], expected, strict=True))
+    assert [round(t / SR, 1) for t in pattern.clap_samples] == [1.0, 1.6]
 
 
 def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None:

@@ -29,7 +29,7 @@ def _meta(**check: object) -> ModelMetadata:
 
 
 def test_metadata_round_trip_and_errors() -> None:
-    meta = _meta(min_clap_score=0.6, veto_margin=0.1)
+    meta = _meta(min_clap_score=0.6, veto_margin=0.1, min_single_clap_score=0.2)
     props = meta.to_onnx_props()
     assert ModelMetadata.from_onnx_props(props) == meta
     # A model without one writes no key, so files from before stay byte-identical.

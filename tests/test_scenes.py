@@ -12,6 +12,7 @@ import pytest
 
 from bench.scenes import (
     EVENT_PRE,
+    clap_shaped,
     cut_events,
     cut_single_claps,
     esc50_clips,
@@ -23,7 +24,7 @@ from bench.scenes import (
 )
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
-from training.synth_claps import burst_at_onset
+from training.synth_claps import burst_at_onset, peak_window_db
 
 SR = 22050
 STEADY = ("rain", "vacuum_cleaner", "washing_machine")
@@ -142,6 +143,32 @@ def test_knocks_footsteps_speech_give_no_command(bank, roots, shipped_classify) 
     # benchmark's larger distractor set shows the remaining rate per hour.
     assert "knock" not in false, false
     assert len(false) <= 3, false
+
+
+def test_a_keystroke_among_the_claps_is_not_counted(bank, roots, shipped_classify) -> None:
+    """Three claps over typing with one keystroke as loud as they are between two of them:
+    the detector hears four, the shipped model, asked about each clap on its own, three."""
+    keys = [k for k in cut_events(roots, "keyboard_typing") if clap_shaped(k)]
+    typing = load_backgrounds(roots, ("keyboard_typing",), per_category=8)
+    rng = np.random.default_rng(0)
+    counts: dict[float, list[tuple[int, ...]]] = {0.0: [], 0.05: []}
+    for i in range(16):
+        sc = make_pattern_scene(bank["claps"], 3, [0.5, 0.5], typing[i % len(typing)], 10.0, rng)
+        x = sc.audio.copy()
+        key = keys[i % len(keys)]
+        at = sc.clap_samples[i % 2] + int(0.25 * SR) - EVENT_PRE
+        x[at : at + len(key)] += key * np.float32(10 ** ((-22.0 - peak_window_db(key)) / 20))
+        x = np.concatenate([x, np.zeros(SR, np.float32)])
+        for each in counts:
+            settings = ClapSettings(min_single_clap_score=each)
+            listener = ClapListener(settings, SR, 4, classify=shipped_classify)
+            counts[each].append(tuple(p.count for p in listener.push(x)))
+    # Measured: four "claps" in 14 of 16 scenes without the check of each clap (none in 2);
+    # with it, 7 exact three-clap commands and 7 fours (that keystroke scored above 0.05 as
+    # a clap on its own; 0.1 counted 12 right, but costs real claps on the benchmark).
+    assert counts[0.0].count((3,)) <= 1 and counts[0.0].count((4,)) >= 12, counts[0.0]
+    assert counts[0.05].count((3,)) >= 6, counts[0.05]
+    assert all(c in ((3,), (4,), ()) for c in counts[0.05]), counts[0.05]
 
 
 def test_applause_is_not_a_command(bank) -> None:

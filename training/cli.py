@@ -98,6 +98,7 @@ def _clap_check(items: list[str] | None, option: str) -> dict[str, float]:
 
 _CLAP_CHECK_HELP = (
     "The daemon's clap check measured for this model, KEY=VALUE (min_clap_score, "
+    "min_single_clap_score, "
     "veto_margin, veto_min_score; repeatable): used where rules.yaml does not set it."
 )
 

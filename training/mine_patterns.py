@@ -101,8 +101,11 @@ def detected_patterns(
 ) -> list[MinedPattern]:
     """Every pattern of `min_count`..`max_count` claps the daemon's listener reports in
     `audio`, with the very segment it would hand the classifier."""
-    # The hook below is how the segment is taken, so the check must be on.
-    settings = (settings or ClapSettings()).model_copy(update={"confirm_with_classifier": True})
+    # The hook below is how the segment is taken, so the check must be on; it asks about the
+    # whole pattern only (every pattern the detector reports, counted as it reports it).
+    settings = (settings or ClapSettings()).model_copy(
+        update={"confirm_with_classifier": True, "min_single_clap_score": 0.0}
+    )
     found: list[MinedPattern] = []
 
     def capture(segment: np.ndarray) -> dict[str, float]:

@@ -24,7 +24,7 @@ from claudio_daemon.detect.claps import (
 )
 from claudio_daemon.detect.patterns import PatternGrouper
 from claudio_daemon.detect.settings import ClapSettings
-from claudio_daemon.detect.verify import ClapVerifier, Verdict
+from claudio_daemon.detect.verify import ClapVerifier, Verdict, clap_spans
 from claudio_daemon.events import ClapPattern
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,16 @@ class ClapListener:
         accepted = []
         for p in patterns:
             p = dataclasses.replace(p, decided_sample=self.position)
-            verdict = self._verify(p)
-            if verdict.accepted:
-                accepted.append(p)
+            counted, verdict = self._verify(p)
+            if counted is not None:
+                if counted.count != p.count:
+                    log.info(
+                        "clap pattern of %d counted as %d: %s",
+                        p.count,
+                        counted.count,
+                        verdict.reason,
+                    )
+                accepted.append(counted)
             else:
                 log.info("clap pattern of %d rejected: %s", p.count, verdict.reason)
                 self.rejected.append((p, verdict))
@@ -135,10 +142,21 @@ class ClapListener:
         b = min(pattern.decided_sample, pattern.clap_samples[-1] + margin)
         return self.ring.get(a, max(a + 1, b))
 
-    def _verify(self, pattern: ClapPattern) -> Verdict:
+    def clap_segments(self, pattern: ClapPattern) -> list[np.ndarray]:
+        """Each clap's own audio (`clap_spans`), as the clap check hears it."""
+        margin = int(self.settings.classify_margin_s * self.sample_rate)
+        spans = clap_spans(pattern.clap_samples, margin, pattern.decided_sample)
+        return [self.ring.get(max(a, self.ring.start), b) for a, b in spans]
+
+    def _verify(self, pattern: ClapPattern) -> tuple[ClapPattern | None, Verdict]:
         if self.classify is None or not self.settings.confirm_with_classifier:
-            return Verdict(True, "no classifier")
+            return pattern, Verdict(True, "no classifier")
         scores = self.classify(self.segment(pattern))
         if self._verifier is None:
-            self._verifier = ClapVerifier(scores.keys(), self.settings)
-        return self._verifier.verify(scores)
+            self._verifier = ClapVerifier(scores.keys(), self.settings, self.sample_rate)
+        each = None
+        if self._verifier.checks_each_clap and self._verifier.verify(scores).accepted:
+            # Only for a pattern that passes as a whole: the claps' own audio can lower
+            # its count or reject it, never accept it.
+            each = [self.classify(seg) for seg in self.clap_segments(pattern)]
+        return self._verifier.check(pattern, scores, each)

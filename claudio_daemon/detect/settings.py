@@ -311,6 +311,23 @@ class ClapSettings(StrictModel):
         "(its metadata's clap_check), else 0.5. Set 0 for a model that never heard isolated "
         "claps.",
     )
+    # Each clap alone, as well as the whole pattern: typing under a command put a keystroke
+    # as loud as the claps among them (three claps heard as four) while the pattern's audio
+    # still sounded like claps; heard on its own, such a keystroke scores `clap_pattern`
+    # 0.02-0.03. 0.05 was chosen cross-validated (bench/verifier_sweep.py --cv-model, all
+    # four folds, five scene sets each; bench/results/verifier-single/): 3 more exact 2- and
+    # 3-clap commands at 10 and 20 dB than without it (fold 3's typing: 3-clap F1 at 10 dB
+    # 0.86 -> 0.90; fold 4 0.97 -> 0.95), no more wrong counts, 74 -> 72 false triggers.
+    # 0.1 and above also drop real claps that sound unlike a clap alone: wrong counts rise.
+    min_single_clap_score: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Each clap of a pattern is also classified on its own (its audio up to "
+        "half-way to its neighbours, at most classify_margin_s either side); one whose "
+        "clap labels score below this is another sound (a keystroke among the claps) and "
+        "is not counted. 0 turns this off.",
+    )
     classify_margin_s: float = Field(
         0.3,
         ge=0.0,

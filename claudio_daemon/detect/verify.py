@@ -8,15 +8,24 @@ below `min_clap_score` (a model trained on isolated clap patterns gives real com
 least that). The clap label is `clap_pattern` when the model has it (trained on isolated
 clap patterns alone), else ESC-50's `clapping`. It never accepts a pattern the detector
 did not find.
+
+Each clap is also heard on its own (`min_single_clap_score`). The whole pattern's audio
+cannot tell how many of its transients are claps: three claps over typing, with one
+keystroke as loud as they are among them, is four "claps" that still sound like clapping.
+A clap whose own audio scores low on every clap label is another sound and is not counted;
+the claps that are left must still be a pattern (no gap longer than `max_gap_s`). Counting
+fewer can only turn a pattern into a smaller one, never add a clap the detector missed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.detect.settings import CLAP_LABELS, ClapSettings
+from claudio_daemon.events import ClapPattern
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +40,78 @@ class Verdict:
     veto_score: float | None = None
 
 
+def clap_spans(clap_samples: Sequence[int], margin: int, end: int) -> list[tuple[int, int]]:
+    """Where each clap is heard on its own: up to half-way to its neighbours, at most
+    `margin` samples either side, and not past `end` (the decision)."""
+    spans = []
+    for k, c in enumerate(clap_samples):
+        last = k + 1 == len(clap_samples)
+        before = margin if k == 0 else min(margin, (c - clap_samples[k - 1]) // 2)
+        after = margin if last else min(margin, (clap_samples[k + 1] - c) // 2)
+        a = c - before
+        spans.append((a, max(a + 1, min(end, c + after))))
+    return spans
+
+
 class ClapVerifier:
     """Accept or reject a pattern from classifier scores (label -> probability)."""
 
-    def __init__(self, labels: Iterable[str], settings: ClapSettings) -> None:
+    def __init__(
+        self, labels: Iterable[str], settings: ClapSettings, sample_rate: int = 22050
+    ) -> None:
         self.settings = settings
+        self.sample_rate = sample_rate
         self.labels = tuple(labels)
         self.clap_label = settings.clap_label_for(self.labels)
+        #: What a single clap may score as: the clap label, and ESC-50's applause (one
+        #: clap of a command, heard alone, is sometimes more "clapping" than "pattern").
+        self.single_clap_labels = tuple(
+            lab for lab in (self.clap_label, *CLAP_LABELS) if lab in self.labels
+        )
         self.veto_labels = tuple(
             v for v in settings.veto_labels if v in self.labels and v != self.clap_label
         )
         self.active = settings.confirm_with_classifier and self.clap_label in self.labels
         if settings.confirm_with_classifier and not self.active:
             log.warning("clap confirmation off: the model has no %r label", self.clap_label)
+
+    @property
+    def checks_each_clap(self) -> bool:
+        """Whether `check` wants each clap's own scores."""
+        return self.active and self.settings.min_single_clap_score > 0
+
+    def check(
+        self,
+        pattern: ClapPattern,
+        scores: Mapping[str, float],
+        each: Sequence[Mapping[str, float]] | None = None,
+    ) -> tuple[ClapPattern | None, Verdict]:
+        """The pattern as counted (None: rejected) and why.
+
+        `scores`: the whole pattern's audio; `each`: each clap's own (`clap_spans`), or
+        None to judge the pattern as a whole only.
+        """
+        verdict = self.verify(scores)
+        if not verdict.accepted or each is None or not self.checks_each_clap:
+            return (pattern if verdict.accepted else None), verdict
+        if len(each) != pattern.count:
+            raise ValueError(f"{len(each)} clap scores for a pattern of {pattern.count}")
+        others = {}
+        for k, own in enumerate(each):
+            clap = max(float(own.get(lab, 0.0)) for lab in self.single_clap_labels)
+            if clap < self.settings.min_single_clap_score:
+                top = max(own, key=lambda lab: own[lab])
+                others[k] = f"clap {k + 1} sounds like {top} {own[top]:.2f}"
+        if not others:
+            return pattern, verdict
+        kept = tuple(c for k, c in enumerate(pattern.clap_samples) if k not in others)
+        why = ", ".join(others.values())
+        max_gap = self.settings.max_gap_s * self.sample_rate
+        if not kept or any(b - a > max_gap for a, b in zip(kept[:-1], kept[1:], strict=True)):
+            return None, Verdict(False, f"no pattern without the other sounds ({why})")
+        counted = dataclasses.replace(pattern, count=len(kept), clap_samples=kept)
+        reason = f"{verdict.reason}; {len(kept)} of {pattern.count} counted ({why})"
+        return counted, dataclasses.replace(verdict, reason=reason)
 
     def verify(self, scores: Mapping[str, float]) -> Verdict:
         s = self.settings

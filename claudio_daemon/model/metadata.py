@@ -15,7 +15,12 @@ PREFIX = "claudio."
 FORMAT_VERSION = 1
 #: The clap check's settings a model may carry (`ModelMetadata.clap_check`): they depend on
 #: how that model's scores are calibrated, so they travel with it, not with the daemon.
-CLAP_CHECK_KEYS: tuple[str, ...] = ("min_clap_score", "veto_margin", "veto_min_score")
+CLAP_CHECK_KEYS: tuple[str, ...] = (
+    "min_clap_score",
+    "min_single_clap_score",
+    "veto_margin",
+    "veto_min_score",
+)
 
 
 class ModelMetadataError(ValueError):
