@@ -140,7 +140,7 @@ def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
     if not heard:
         return []
     verifier = ClapVerifier(heard[0][1].keys(), variant.settings, sc.SAMPLE_RATE)
-    counted = (verifier.check(p, scores, each)[0] for p, scores, each in heard)
+    counted = (verifier.check(p, scores, lambda e=each: e)[0] for p, scores, each in heard)
     return [p for p in counted if p is not None]
 
 

@@ -220,28 +220,28 @@ def test_a_clap_that_alone_sounds_like_something_else_is_not_counted() -> None:
     v = ClapVerifier(CLAP.keys(), ClapSettings(), SR)
     assert v.checks_each_clap
     four = _pattern(1.0, 1.2, 1.5, 2.0)
-    counted, verdict = v.check(four, CLAP, [CLAP, KEY, CLAP, CLAP])
+    counted, verdict = v.check(four, CLAP, lambda: [CLAP, KEY, CLAP, CLAP])
     assert counted is not None and verdict.accepted
     assert counted.count == 3 and counted.clap_samples == four.clap_samples[::2] + (2 * SR,)
     assert "3 of 4 counted (clap 2 sounds like keyboard_typing 0.97)" in verdict.reason
     # All claps: the pattern as it was; the whole pattern is still asked.
-    assert v.check(four, CLAP, [CLAP] * 4)[0] == four
-    assert v.check(four, KEY, [CLAP] * 4)[0] is None
+    assert v.check(four, CLAP, lambda: [CLAP] * 4)[0] == four
+    assert v.check(four, KEY, lambda: [CLAP] * 4)[0] is None
     # What is left must still be a pattern: no gap longer than max_gap_s (0.9 s).
     wide = _pattern(1.0, 1.6, 2.2)
-    counted, verdict = v.check(wide, CLAP, [CLAP, KEY, CLAP])
+    counted, verdict = v.check(wide, CLAP, lambda: [CLAP, KEY, CLAP])
     assert counted is None and verdict.reason.startswith("no pattern without the other sounds")
-    assert v.check(_pattern(1.0, 1.3), CLAP, [KEY, KEY])[0] is None
+    assert v.check(_pattern(1.0, 1.3), CLAP, lambda: [KEY, KEY])[0] is None
     # One clap of a command heard alone may be more applause than pattern: still a clap.
     applause = {**KEY, "clapping": 0.6}
-    assert v.check(four, CLAP, [CLAP, applause, CLAP, CLAP])[0] == four
+    assert v.check(four, CLAP, lambda: [CLAP, applause, CLAP, CLAP])[0] == four
     # Off (0), or without each clap's scores: the whole pattern decides alone.
     off = ClapVerifier(CLAP.keys(), ClapSettings(min_single_clap_score=0.0), SR)
     assert not off.checks_each_clap
-    assert off.check(four, CLAP, [CLAP, KEY, CLAP, CLAP])[0] == four
+    assert off.check(four, CLAP, lambda: [CLAP, KEY, CLAP, CLAP])[0] == four
     assert v.check(four, CLAP)[0] == four
     with pytest.raises(ValueError, match="3 clap scores for a pattern of 4"):
-        v.check(four, CLAP, [CLAP] * 3)
+        v.check(four, CLAP, lambda: [CLAP] * 3)
 
 
 def test_the_listener_asks_about_each_clap_too() -> None:

@@ -154,9 +154,7 @@ class ClapListener:
         scores = self.classify(self.segment(pattern))
         if self._verifier is None:
             self._verifier = ClapVerifier(scores.keys(), self.settings, self.sample_rate)
-        each = None
-        if self._verifier.checks_each_clap and self._verifier.verify(scores).accepted:
-            # Only for a pattern that passes as a whole: the claps' own audio can lower
-            # its count or reject it, never accept it.
-            each = [self.classify(seg) for seg in self.clap_segments(pattern)]
-        return self._verifier.check(pattern, scores, each)
+        classify = self.classify
+        return self._verifier.check(
+            pattern, scores, lambda: [classify(seg) for seg in self.clap_segments(pattern)]
+        )

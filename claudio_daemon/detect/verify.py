@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from claudio_daemon.detect.settings import CLAP_LABELS, ClapSettings
@@ -84,20 +84,22 @@ class ClapVerifier:
         self,
         pattern: ClapPattern,
         scores: Mapping[str, float],
-        each: Sequence[Mapping[str, float]] | None = None,
+        each: Callable[[], Sequence[Mapping[str, float]]] | None = None,
     ) -> tuple[ClapPattern | None, Verdict]:
         """The pattern as counted (None: rejected) and why.
 
-        `scores`: the whole pattern's audio; `each`: each clap's own (`clap_spans`), or
-        None to judge the pattern as a whole only.
+        `scores`: the whole pattern's audio; `each`: gives each clap's own (`clap_spans`),
+        called only for a pattern that passes as a whole (the claps' own audio can lower
+        its count or reject it, never accept it); None judges the pattern as a whole only.
         """
         verdict = self.verify(scores)
         if not verdict.accepted or each is None or not self.checks_each_clap:
             return (pattern if verdict.accepted else None), verdict
-        if len(each) != pattern.count:
-            raise ValueError(f"{len(each)} clap scores for a pattern of {pattern.count}")
+        own_scores = each()
+        if len(own_scores) != pattern.count:
+            raise ValueError(f"{len(own_scores)} clap scores for a pattern of {pattern.count}")
         others = {}
-        for k, own in enumerate(each):
+        for k, own in enumerate(own_scores):
             clap = max(float(own.get(lab, 0.0)) for lab in self.single_clap_labels)
             if clap < self.settings.min_single_clap_score:
                 top = max(own, key=lambda lab: own[lab])
