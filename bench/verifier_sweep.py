@@ -9,10 +9,11 @@
 The classifier's verdict on a pattern never feeds back into the detector or the grouper:
 a rejected pattern is dropped, one counted smaller is reported smaller, nothing else
 changes. So one replay of `bench/claps.py`'s scenes with the check switched off, keeping
-every pattern the detector reports with the classifier's scores for its audio and for each
-clap's own (what the live check hears), tells exactly what the daemon would have reported
-under any setting of the check: `min_clap_score`, `min_single_clap_score`, `veto_labels`,
-`veto_margin`, `veto_min_score`, `clap_label`. Each variant is scored like
+every pattern the detector reports with the classifier's scores for its audio, for each
+clap's own and for the audio around it (what the live check hears), tells exactly what
+the daemon would have reported under any setting of the check: `min_clap_score`,
+`min_single_clap_score`, `min_clap_rise`, `veto_labels`, `veto_margin`, `veto_min_score`,
+`clap_label`. Each variant is scored like
 `bench/claps.py` scores Claudio (its "current" row is that benchmark's Claudio figures on
 the same scenes), so defaults can be chosen on one fold and checked on others, or
 cross-validated, without a replay per setting.
@@ -70,12 +71,13 @@ CHECK_KEYS = frozenset(
         "veto_min_score",
         "min_clap_score",
         "min_single_clap_score",
+        "min_clap_rise",
     }
 )
 
 #: Every pattern the detector reported in one scene, with the classifier's scores for its
-#: audio and for each clap's own.
-Heard = list[tuple[ClapPattern, dict[str, float], list[dict[str, float]]]]
+#: audio, for each clap's own and for its context (None where the listener has too little).
+Heard = list[tuple[ClapPattern, dict[str, float], list[dict[str, float]], dict[str, float] | None]]
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,9 @@ def replay(scene: sc.Scene, rules, classifier) -> Heard:  # noqa: ANN001 - daemo
             if isinstance(event, ClapPattern):
                 scores = classifier.classify_audio(pipe.claps.segment(event))
                 each = [classifier.classify_audio(a) for a in pipe.claps.clap_segments(event)]
-                heard.append((event, scores, each))
+                around = pipe.claps.context_segments(event)
+                context = {k: classifier.classify_audio(a) for k, a in around.items()}
+                heard.append((event, scores, each, context))
     return heard
 
 
@@ -140,7 +144,10 @@ def verdicts(variant: Variant, heard: Heard) -> list[ClapPattern]:
     if not heard:
         return []
     verifier = ClapVerifier(heard[0][1].keys(), variant.settings, sc.SAMPLE_RATE)
-    counted = (verifier.check(p, scores, lambda e=each: e)[0] for p, scores, each in heard)
+    counted = (
+        verifier.check(p, scores, lambda e=each: e, lambda c=context: c)[0]
+        for p, scores, each, context in heard
+    )
     return [p for p in counted if p is not None]
 
 

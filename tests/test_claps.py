@@ -8,7 +8,7 @@ import pytest
 from claudio_daemon.detect.claps import ClapDetector
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
-from claudio_daemon.detect.verify import ClapVerifier, clap_spans
+from claudio_daemon.detect.verify import ClapVerifier, clap_spans, context_spans
 from claudio_daemon.events import ClapPattern
 
 SR = 22050
@@ -129,7 +129,9 @@ def test_disabled_listener_is_silent() -> None:
 
 def _fake_scores(clap: float, knock: float):
     def classify(segment: np.ndarray) -> dict[str, float]:
-        assert 0.3 * SR < len(segment) < 2.0 * SR  # the pattern and its margins
+        assert 0.3 * SR < len(segment) < 2.0 * SR  # the pattern and its margins, the context
+        if np.max(np.abs(segment)) < 0.05:  # the quiet room before the claps
+            return {"clapping": 0.02, "door_wood_knock": 0.02, "dog": 0.01}
         return {"clapping": clap, "door_wood_knock": knock, "dog": 0.01}
 
     return classify
@@ -245,23 +247,109 @@ def test_a_clap_that_alone_sounds_like_something_else_is_not_counted() -> None:
 
 
 def test_the_listener_asks_about_each_clap_too() -> None:
-    """Each clap's own audio goes to the classifier after the pattern's; a clap it hears
-    as another sound is left out of the count. (A stand-in classifier: which clap is the
-    odd one out must be known; the benchmark measures the real model.)"""
+    """Each clap's own audio goes to the classifier after the pattern's and its
+    surroundings'; a clap it hears as another sound is left out of the count. (A stand-in
+    classifier: which clap is the odd one out must be known; the benchmark measures the
+    real model.)"""
     x = scene([1.0, 1.3, 1.6], 3.5)
     asked: list[int] = []
 
     def classify(segment: np.ndarray) -> dict[str, float]:
         asked.append(len(segment))
-        return KEY if len(asked) == 3 else CLAP  # the second clap is a keystroke
+        # The whole pattern, the audio before and after it, then each clap (the second
+        # clap is a keystroke).
+        return {1: QUIET, 2: QUIET, 4: KEY}.get(len(asked) - 1, CLAP)
 
     listener = ClapListener(ClapSettings(), SR, 3, classify=classify)
     (pattern,) = listener.push(x)
-    assert pattern.count == 2 and len(asked) == 4
-    assert asked[0] > SR  # the whole pattern, then each clap: 0.3 + 0.15, 0.3, 0.15 + 0.3 s
-    expected = [0.45 * SR, 0.3 * SR, 0.45 * SR]
-    assert all(abs(a - b) < 0.005 * SR for a, b in zip(asked[1:], expected, strict=True))
+    assert pattern.count == 2 and len(asked) == 6
+    # Before: 0.7 s, from the stream start to 0.3 s before the first clap (the silence
+    # "before" the stream is not audio); after: from 0.3 s after the last clap to the
+    # decision, which for the largest count comes after the short guard (0.7 s and a frame
+    # or two). Each clap: 0.3 + 0.15, 0.3, 0.15 + 0.3 s.
+    expected = [0.7 * SR, 0.42 * SR, 0.45 * SR, 0.3 * SR, 0.45 * SR]
+    assert asked[0] > SR
+    assert all(abs(a - b) < 0.02 * SR for a, b in zip(asked[1:], expected, strict=True))
     assert [round(t / SR, 1) for t in pattern.clap_samples] == [1.0, 1.6]
+
+
+QUIET = {"clap_pattern": 0.02, "clapping": 0.01, "keyboard_typing": 0.05, "footsteps": 0.1}
+STEPS = {"clap_pattern": 0.85, "clapping": 0.05, "keyboard_typing": 0.0, "footsteps": 0.3}
+
+
+def test_the_surroundings_lie_around_the_pattern_and_after_the_one_before() -> None:
+    m, s = int(0.3 * SR), SR
+    claps = (3 * s, int(3.5 * s))
+    spans = context_spans(claps, int(4.4 * s), None, m, SR)
+    assert spans == {"before": (int(1.7 * s), int(2.7 * s)), "after": (int(3.8 * s), int(4.4 * s))}
+    # A pattern whose last clap was 1.5 s earlier: the audio before starts a margin after it.
+    assert context_spans(claps, int(4.4 * s), int(1.5 * s), m, SR)["before"] == (
+        int(1.8 * s),
+        int(2.7 * s),
+    )
+    # Less than 0.3 s left on a side: that side is not compared with.
+    assert set(context_spans(claps, int(4.4 * s), int(2.2 * s), m, SR)) == {"after"}
+    assert set(context_spans(claps, int(4.0 * s), None, m, SR)) == {"before"}
+
+
+def test_a_pattern_no_more_clap_like_than_its_surroundings_is_rejected() -> None:
+    v = ClapVerifier(CLAP.keys(), ClapSettings(), SR)
+    assert v.checks_context
+    two = _pattern(2.0, 2.4)
+    quiet = {"before": QUIET, "after": QUIET}
+    counted, verdict = v.check(two, CLAP, lambda: [CLAP, CLAP], lambda: quiet)
+    assert counted == two and verdict.accepted
+    # Steps the model also hears as clap-like (0.85) before a pattern at 0.9: 0.05 more.
+    counted, verdict = v.check(two, CLAP, lambda: [CLAP, CLAP], lambda: {**quiet, "before": STEPS})
+    assert counted is None and not verdict.accepted
+    assert verdict.reason == (
+        "clap_pattern 0.90 is not 0.10 above the audio before it (0.85): more of the same sound"
+    )
+    # Applause going on after it counts as clap-like too (the best of the clap labels).
+    applause = {**QUIET, "clapping": 0.85}
+    counted, verdict = v.check(two, CLAP, None, lambda: {"before": QUIET, "after": applause})
+    assert counted is None and "above the audio after it (0.85)" in verdict.reason
+    # No surroundings to hear (a side too short is left out), or the check off: it stands.
+    assert v.check(two, CLAP, None, lambda: {})[0] == two
+    assert v.check(two, CLAP, None, lambda: {"after": QUIET})[0] == two
+    off = ClapVerifier(CLAP.keys(), ClapSettings(min_clap_rise=0.0), SR)
+    assert not off.checks_context
+    assert off.check(two, CLAP, None, lambda: {"before": STEPS})[0] == two
+
+    # A pattern the whole-pattern check rejects is not asked about further.
+    def never() -> dict:
+        raise AssertionError("surroundings asked about for a rejected pattern")
+
+    assert v.check(two, KEY, never, never)[0] is None
+
+
+def test_a_command_clapped_again_is_not_judged_by_the_one_before() -> None:
+    """The audio before a pattern never reaches back into the previous pattern's claps:
+    clapping again soon after a pattern that did nothing is a new command, not more of the
+    same."""
+    x = scene([1.0, 1.3, 2.45, 2.75], 5.0)
+    before: list[int] = []
+
+    def classify(segment: np.ndarray) -> dict[str, float]:
+        # This stand-in hears claps wherever they are in the audio.
+        return CLAP if float(np.max(np.abs(segment))) > 0.05 else QUIET
+
+    listener = ClapListener(ClapSettings(), SR, 3, classify=classify)
+    real = listener.context_segments
+
+    def context_segments(pattern: ClapPattern) -> dict[str, np.ndarray]:
+        around = real(pattern)
+        before.append(len(around["before"]))
+        return around
+
+    listener.context_segments = context_segments  # type: ignore[method-assign]
+    assert [p.count for p in listener.push(x)] == [2, 2]
+    # First: 0.7 s from the stream start. Second: from 0.3 s after the first pattern's last
+    # clap (1.3 s) to 0.3 s before its own first (2.45 s): 0.55 s, without the claps (a
+    # whole second back would have held the clap at 1.3 s and rejected the command).
+    expected = [0.7 * SR, 0.55 * SR]
+    assert all(abs(a - b) < 0.005 * SR for a, b in zip(before, expected, strict=True))
+    assert len(before) == 2
 
 
 def test_verifier_reads_labels_from_the_tiny_onnx_model(tiny_onnx_model) -> None:

@@ -29,7 +29,7 @@ def _meta(**check: object) -> ModelMetadata:
 
 
 def test_metadata_round_trip_and_errors() -> None:
-    meta = _meta(min_clap_score=0.6, veto_margin=0.1, min_single_clap_score=0.2)
+    meta = _meta(min_clap_score=0.6, veto_margin=0.1, min_single_clap_score=0.2, min_clap_rise=0.4)
     props = meta.to_onnx_props()
     assert ModelMetadata.from_onnx_props(props) == meta
     # A model without one writes no key, so files from before stay byte-identical.
@@ -63,16 +63,22 @@ def _patterns(pipe: Pipeline) -> list[ClapPattern]:
 
 
 def test_the_pipeline_takes_the_models_operating_point(tmp_path: Path, caplog) -> None:
-    # The tiny model gives two synthetic claps a clapping score of about 0.49.
+    # The tiny model gives two synthetic claps a clapping score of about 0.49, and the quiet
+    # second before them about as much (its scores hardly move): these models switch the
+    # check of the context off, as a model may.
+    off = {"min_clap_rise": 0.0}
     lenient = OnnxClassifier(
-        build_tiny_onnx_model(tmp_path / "lenient.onnx", clap_check={"min_clap_score": 0.3})
+        build_tiny_onnx_model(tmp_path / "lenient.onnx", clap_check={"min_clap_score": 0.3, **off})
     )
     with caplog.at_level(logging.INFO, logger="claudio_daemon.pipeline"):
         pipe = Pipeline(parse_rules(RULES), lenient)
-    assert "clap check as measured for model tiny-test: min_clap_score 0.3" in caplog.text
+    assert (
+        "clap check as measured for model tiny-test: min_clap_rise 0, min_clap_score 0.3"
+        in caplog.text
+    )
     assert [p.count for p in _patterns(pipe)] == [2]
     strict = OnnxClassifier(
-        build_tiny_onnx_model(tmp_path / "strict.onnx", clap_check={"min_clap_score": 0.9})
+        build_tiny_onnx_model(tmp_path / "strict.onnx", clap_check={"min_clap_score": 0.9, **off})
     )
     pipe = Pipeline(parse_rules(RULES), strict)
     assert _patterns(pipe) == []

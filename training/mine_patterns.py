@@ -102,9 +102,14 @@ def detected_patterns(
     """Every pattern of `min_count`..`max_count` claps the daemon's listener reports in
     `audio`, with the very segment it would hand the classifier."""
     # The hook below is how the segment is taken, so the check must be on; it asks about the
-    # whole pattern only (every pattern the detector reports, counted as it reports it).
+    # whole pattern only (every pattern the detector reports, counted as it reports it, not
+    # its claps alone or the audio before it).
     settings = (settings or ClapSettings()).model_copy(
-        update={"confirm_with_classifier": True, "min_single_clap_score": 0.0}
+        update={
+            "confirm_with_classifier": True,
+            "min_single_clap_score": 0.0,
+            "min_clap_rise": 0.0,
+        }
     )
     found: list[MinedPattern] = []
 

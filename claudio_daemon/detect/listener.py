@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import numpy as np
@@ -24,7 +25,14 @@ from claudio_daemon.detect.claps import (
 )
 from claudio_daemon.detect.patterns import PatternGrouper
 from claudio_daemon.detect.settings import ClapSettings
-from claudio_daemon.detect.verify import ClapVerifier, Verdict, clap_spans
+from claudio_daemon.detect.verify import (
+    CONTEXT_S,
+    MIN_CONTEXT_S,
+    ClapVerifier,
+    Verdict,
+    clap_spans,
+    context_spans,
+)
 from claudio_daemon.events import ClapPattern
 
 log = logging.getLogger(__name__)
@@ -65,7 +73,8 @@ class ClapListener:
     def set_max_count(self, n: int) -> None:
         self.grouper.set_max_count(n)
         s = self.settings
-        span = n * s.max_gap_s + s.end_silence_s + 2 * s.classify_margin_s + 1.0
+        # The pattern, its margins, and the second of context before it.
+        span = n * s.max_gap_s + s.end_silence_s + 2 * s.classify_margin_s + CONTEXT_S + 1.0
         self._keep = int(span * self.sample_rate)
 
     def reset(self) -> None:
@@ -76,6 +85,9 @@ class ClapListener:
         self.position = 0
         self.candidates = []
         self.rejected = []
+        #: Last clap of each recent pattern the grouper reported, whatever its verdict: a
+        #: pattern's surroundings never reach back into the one before (`context_spans`).
+        self._pattern_ends: deque[int] = deque(maxlen=16)
 
     @property
     def noise_floor_db(self) -> float:
@@ -114,6 +126,7 @@ class ClapListener:
         accepted = []
         for p in patterns:
             p = dataclasses.replace(p, decided_sample=self.position)
+            self._pattern_ends.append(p.clap_samples[-1])
             counted, verdict = self._verify(p)
             if counted is not None:
                 if counted.count != p.count:
@@ -148,6 +161,24 @@ class ClapListener:
         spans = clap_spans(pattern.clap_samples, margin, pattern.decided_sample)
         return [self.ring.get(max(a, self.ring.start), b) for a, b in spans]
 
+    def context_segments(self, pattern: ClapPattern) -> dict[str, np.ndarray]:
+        """The audio around the pattern that the check compares it with, by side
+        (`context_spans`): before it (not before the stream start or into the pattern
+        before) and after it until the decision."""
+        first = pattern.clap_samples[0]
+        previous = max((e for e in self._pattern_ends if e < first), default=None)
+        margin = int(self.settings.classify_margin_s * self.sample_rate)
+        spans = context_spans(
+            pattern.clap_samples, pattern.decided_sample, previous, margin, self.sample_rate
+        )
+        least = int(MIN_CONTEXT_S * self.sample_rate)
+        out = {}
+        for side, (a, b) in spans.items():
+            a = max(a, self.ring.start)  # never the silence "before" the stream started
+            if b - a >= least:
+                out[side] = self.ring.get(a, b)
+        return out
+
     def _verify(self, pattern: ClapPattern) -> tuple[ClapPattern | None, Verdict]:
         if self.classify is None or not self.settings.confirm_with_classifier:
             return pattern, Verdict(True, "no classifier")
@@ -155,6 +186,13 @@ class ClapListener:
         if self._verifier is None:
             self._verifier = ClapVerifier(scores.keys(), self.settings, self.sample_rate)
         classify = self.classify
+
+        def context() -> dict[str, dict[str, float]]:
+            return {k: classify(seg) for k, seg in self.context_segments(pattern).items()}
+
         return self._verifier.check(
-            pattern, scores, lambda: [classify(seg) for seg in self.clap_segments(pattern)]
+            pattern,
+            scores,
+            lambda: [classify(seg) for seg in self.clap_segments(pattern)],
+            context,
         )

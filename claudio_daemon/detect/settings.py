@@ -328,6 +328,26 @@ class ClapSettings(StrictModel):
         "clap labels score below this is another sound (a keystroke among the claps) and "
         "is not counted. 0 turns this off.",
     )
+    # The pattern must sound more like clapping than the audio around it: two steps out of
+    # a walk (fold 1's four takes of one), claps at the edge of applause, a cough among
+    # coughs passed every other test, and the model heard the steps, clapping or coughs
+    # around them as clap-like too. 0.1 was chosen cross-validated (bench/verifier_sweep.py
+    # --cv-model, all four folds, five scene sets each; bench/results/verifier-context/):
+    # false triggers 72 -> 47 (steps 17 -> 3, applause 18 -> 10; fold by fold 21 -> 3,
+    # 11 -> 10, 36 -> 30, 4 -> 4), the same 913 exact 2- and 3-clap commands at 10 and 20 dB
+    # on every fold, wrong counts 12 -> 9, wrong patterns at 5 dB 127 -> 84 for one command
+    # fewer. 0.3 lets 43 through and loses 5 commands at 10-20 dB and 6 at 5 dB; 0.4: 38,
+    # and loses 17 at 10-20 dB.
+    min_clap_rise: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="The clap label must score at least this much more on the pattern than "
+        "on the audio around it (the second before it, back to the previous pattern's last "
+        "clap at most, and the moments after it until the decision); a pattern that sounds "
+        "no more like clapping than its surroundings is part of a longer sound (steps, "
+        "applause, coughing). 0 turns this off.",
+    )
     classify_margin_s: float = Field(
         0.3,
         ge=0.0,

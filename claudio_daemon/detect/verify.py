@@ -15,6 +15,15 @@ keystroke as loud as they are among them, is four "claps" that still sound like 
 A clap whose own audio scores low on every clap label is another sound and is not counted;
 the claps that are left must still be a pattern (no gap longer than `max_gap_s`). Counting
 fewer can only turn a pattern into a smaller one, never add a clap the detector missed.
+
+And the pattern must sound more like clapping than the audio around it (`min_clap_rise`):
+the second before it and the moments after it until the decision. A command stands out of
+something else (a quiet room, the television, typing) and is followed by it; two heel
+strikes out of a walk, claps at the edge of applause or a cough among coughs come out of
+more of the same, which the model hears as clap-like too. The audio before never reaches
+back to the claps of the pattern before (a command tried again soon after a missed one is
+not a continuation of it); the audio after holds no clap by construction (the end silence
+is what decided the pattern), so it costs no latency.
 """
 
 from __future__ import annotations
@@ -28,6 +37,15 @@ from claudio_daemon.detect.settings import CLAP_LABELS, ClapSettings
 from claudio_daemon.events import ClapPattern
 
 log = logging.getLogger(__name__)
+
+#: How much audio before a pattern belongs to its surroundings (`min_clap_rise`), in
+#: seconds, and the least of either side worth asking about (just after start-up or the
+#: pattern before there is less before it; a rules.yaml with a short end silence leaves
+#: little after it).
+CONTEXT_S = 1.0
+MIN_CONTEXT_S = 0.3
+
+Scores = Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,21 @@ def clap_spans(clap_samples: Sequence[int], margin: int, end: int) -> list[tuple
         a = c - before
         spans.append((a, max(a + 1, min(end, c + after))))
     return spans
+
+
+def context_spans(
+    clap_samples: Sequence[int], decided: int, previous_end: int | None, margin: int, rate: int
+) -> dict[str, tuple[int, int]]:
+    """Where a pattern's surroundings lie, by side: "before", `CONTEXT_S` ending `margin`
+    before its first clap and starting no earlier than `margin` after `previous_end` (the
+    last clap of the pattern the detector reported before it); "after", from `margin` after
+    its last clap to the decision. A side shorter than `MIN_CONTEXT_S` is left out."""
+    b = clap_samples[0] - margin
+    a = b - int(CONTEXT_S * rate)
+    if previous_end is not None:
+        a = max(a, previous_end + margin)
+    spans = {"before": (a, b), "after": (clap_samples[-1] + margin, decided)}
+    return {k: (a, b) for k, (a, b) in spans.items() if b - a >= int(MIN_CONTEXT_S * rate)}
 
 
 class ClapVerifier:
@@ -80,27 +113,41 @@ class ClapVerifier:
         """Whether `check` wants each clap's own scores."""
         return self.active and self.settings.min_single_clap_score > 0
 
+    @property
+    def checks_context(self) -> bool:
+        """Whether `check` wants the scores of the audio around the pattern."""
+        return self.active and self.settings.min_clap_rise > 0
+
     def check(
         self,
         pattern: ClapPattern,
-        scores: Mapping[str, float],
-        each: Callable[[], Sequence[Mapping[str, float]]] | None = None,
+        scores: Scores,
+        each: Callable[[], Sequence[Scores]] | None = None,
+        context: Callable[[], Mapping[str, Scores]] | None = None,
     ) -> tuple[ClapPattern | None, Verdict]:
         """The pattern as counted (None: rejected) and why.
 
-        `scores`: the whole pattern's audio; `each`: gives each clap's own (`clap_spans`),
-        called only for a pattern that passes as a whole (the claps' own audio can lower
-        its count or reject it, never accept it); None judges the pattern as a whole only.
+        `scores`: the whole pattern's audio. `each` gives each clap's own (`clap_spans`),
+        `context` the scores of the audio around the pattern by side (`context_spans`; a
+        side with too little audio is missing); both are called only for a pattern that
+        passes as a whole, as they can lower its count or reject it, never accept it. Left
+        out, the pattern is judged without them.
         """
         verdict = self.verify(scores)
-        if not verdict.accepted or each is None or not self.checks_each_clap:
-            return (pattern if verdict.accepted else None), verdict
+        if not verdict.accepted:
+            return None, verdict
+        if context is not None and self.checks_context:
+            verdict = self._check_context(verdict, context())
+            if not verdict.accepted:
+                return None, verdict
+        if each is None or not self.checks_each_clap:
+            return pattern, verdict
         own_scores = each()
         if len(own_scores) != pattern.count:
             raise ValueError(f"{len(own_scores)} clap scores for a pattern of {pattern.count}")
         others = {}
         for k, own in enumerate(own_scores):
-            clap = max(float(own.get(lab, 0.0)) for lab in self.single_clap_labels)
+            clap = self._clap_like(own)
             if clap < self.settings.min_single_clap_score:
                 top = max(own, key=lambda lab: own[lab])
                 others[k] = f"clap {k + 1} sounds like {top} {own[top]:.2f}"
@@ -114,6 +161,24 @@ class ClapVerifier:
         counted = dataclasses.replace(pattern, count=len(kept), clap_samples=kept)
         reason = f"{verdict.reason}; {len(kept)} of {pattern.count} counted ({why})"
         return counted, dataclasses.replace(verdict, reason=reason)
+
+    def _clap_like(self, scores: Scores) -> float:
+        """How much a piece of audio sounds like claps, on any clap label."""
+        return max(float(scores.get(lab, 0.0)) for lab in self.single_clap_labels)
+
+    def _check_context(self, verdict: Verdict, around: Mapping[str, Scores]) -> Verdict:
+        if not around or verdict.clap_score is None:
+            return verdict
+        side = max(around, key=lambda k: self._clap_like(around[k]))
+        was = self._clap_like(around[side])
+        rise = self.settings.min_clap_rise
+        if verdict.clap_score - was < rise:
+            reason = (
+                f"{self.clap_label} {verdict.clap_score:.2f} is not {rise:.2f} above the "
+                f"audio {side} it ({was:.2f}): more of the same sound"
+            )
+            return dataclasses.replace(verdict, accepted=False, reason=reason)
+        return verdict
 
     def verify(self, scores: Mapping[str, float]) -> Verdict:
         s = self.settings

@@ -18,6 +18,7 @@ FORMAT_VERSION = 1
 CLAP_CHECK_KEYS: tuple[str, ...] = (
     "min_clap_score",
     "min_single_clap_score",
+    "min_clap_rise",
     "veto_margin",
     "veto_min_score",
 )
