@@ -76,8 +76,10 @@ CHECK_KEYS = frozenset(
 )
 
 #: Every pattern the detector reported in one scene, with the classifier's scores for its
-#: audio, for each clap's own and for its context (None where the listener has too little).
-Heard = list[tuple[ClapPattern, dict[str, float], list[dict[str, float]], dict[str, float] | None]]
+#: audio, for each clap's own and for the audio around it by side (`context_spans`).
+Heard = list[
+    tuple[ClapPattern, dict[str, float], list[dict[str, float]], dict[str, dict[str, float]]]
+]
 
 
 @dataclass(frozen=True)

@@ -280,16 +280,16 @@ STEPS = {"clap_pattern": 0.85, "clapping": 0.05, "keyboard_typing": 0.0, "footst
 def test_the_surroundings_lie_around_the_pattern_and_after_the_one_before() -> None:
     m, s = int(0.3 * SR), SR
     claps = (3 * s, int(3.5 * s))
-    spans = context_spans(claps, int(4.4 * s), None, m, SR)
+    spans = context_spans(claps, int(4.4 * s), 0, m, SR)
     assert spans == {"before": (int(1.7 * s), int(2.7 * s)), "after": (int(3.8 * s), int(4.4 * s))}
     # A pattern whose last clap was 1.5 s earlier: the audio before starts a margin after it.
-    assert context_spans(claps, int(4.4 * s), int(1.5 * s), m, SR)["before"] == (
+    assert context_spans(claps, int(4.4 * s), int(1.5 * s) + m, m, SR)["before"] == (
         int(1.8 * s),
         int(2.7 * s),
     )
     # Less than 0.3 s left on a side: that side is not compared with.
-    assert set(context_spans(claps, int(4.4 * s), int(2.2 * s), m, SR)) == {"after"}
-    assert set(context_spans(claps, int(4.0 * s), None, m, SR)) == {"before"}
+    assert set(context_spans(claps, int(4.4 * s), int(2.2 * s) + m, m, SR)) == {"after"}
+    assert set(context_spans(claps, int(4.0 * s), 0, m, SR)) == {"before"}
 
 
 def test_a_pattern_no_more_clap_like_than_its_surroundings_is_rejected() -> None:

@@ -34,6 +34,9 @@ from typing import Annotated, Any
 import click
 import typer
 
+# Light (json and dataclasses only): the option help names what a model may carry.
+from claudio_daemon.model.metadata import CLAP_CHECK_KEYS
+
 app = typer.Typer(
     help="Train, evaluate and export Claudio's sound classifier.",
     no_args_is_help=True,
@@ -97,9 +100,8 @@ def _clap_check(items: list[str] | None, option: str) -> dict[str, float]:
 
 
 _CLAP_CHECK_HELP = (
-    "The daemon's clap check measured for this model, KEY=VALUE (min_clap_score, "
-    "min_single_clap_score, "
-    "veto_margin, veto_min_score; repeatable): used where rules.yaml does not set it."
+    "The daemon's clap check measured for this model, KEY=VALUE "
+    f"({', '.join(CLAP_CHECK_KEYS)}; repeatable): used where rules.yaml does not set it."
 )
 
 

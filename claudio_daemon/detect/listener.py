@@ -27,7 +27,6 @@ from claudio_daemon.detect.patterns import PatternGrouper
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.detect.verify import (
     CONTEXT_S,
-    MIN_CONTEXT_S,
     ClapVerifier,
     Verdict,
     clap_spans,
@@ -166,18 +165,15 @@ class ClapListener:
         (`context_spans`): before it (not before the stream start or into the pattern
         before) and after it until the decision."""
         first = pattern.clap_samples[0]
-        previous = max((e for e in self._pattern_ends if e < first), default=None)
         margin = int(self.settings.classify_margin_s * self.sample_rate)
+        earliest = self.ring.start  # never the silence "before" the stream started
+        previous = max((e for e in self._pattern_ends if e < first), default=None)
+        if previous is not None:
+            earliest = max(earliest, previous + margin)
         spans = context_spans(
-            pattern.clap_samples, pattern.decided_sample, previous, margin, self.sample_rate
+            pattern.clap_samples, pattern.decided_sample, earliest, margin, self.sample_rate
         )
-        least = int(MIN_CONTEXT_S * self.sample_rate)
-        out = {}
-        for side, (a, b) in spans.items():
-            a = max(a, self.ring.start)  # never the silence "before" the stream started
-            if b - a >= least:
-                out[side] = self.ring.get(a, b)
-        return out
+        return {side: self.ring.get(a, b) for side, (a, b) in spans.items()}
 
     def _verify(self, pattern: ClapPattern) -> tuple[ClapPattern | None, Verdict]:
         if self.classify is None or not self.settings.confirm_with_classifier:

@@ -72,16 +72,15 @@ def clap_spans(clap_samples: Sequence[int], margin: int, end: int) -> list[tuple
 
 
 def context_spans(
-    clap_samples: Sequence[int], decided: int, previous_end: int | None, margin: int, rate: int
+    clap_samples: Sequence[int], decided: int, earliest: int, margin: int, rate: int
 ) -> dict[str, tuple[int, int]]:
     """Where a pattern's surroundings lie, by side: "before", `CONTEXT_S` ending `margin`
-    before its first clap and starting no earlier than `margin` after `previous_end` (the
-    last clap of the pattern the detector reported before it); "after", from `margin` after
-    its last clap to the decision. A side shorter than `MIN_CONTEXT_S` is left out."""
+    before its first clap and starting no earlier than `earliest` (the stream's oldest
+    sample still held, or `margin` after the last clap of the pattern before); "after",
+    from `margin` after its last clap to the decision. A side shorter than `MIN_CONTEXT_S`
+    is left out."""
     b = clap_samples[0] - margin
-    a = b - int(CONTEXT_S * rate)
-    if previous_end is not None:
-        a = max(a, previous_end + margin)
+    a = max(b - int(CONTEXT_S * rate), earliest)
     spans = {"before": (a, b), "after": (clap_samples[-1] + margin, decided)}
     return {k: (a, b) for k, (a, b) in spans.items() if b - a >= int(MIN_CONTEXT_S * rate)}
 
