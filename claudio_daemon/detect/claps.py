@@ -38,7 +38,9 @@ SPECTRUM_S = 0.020
 FAST_ENV_S = 0.0008
 #: Envelope smoothing for the decay measurement (seconds).
 SLOW_ENV_S = 0.004
-#: An onset must rise this much over the quietest of the previous frames (dB).
+#: An onset must rise this much over the quietest of the previous frames (dB), or by the
+#: onset threshold where that is lower: a room calibrated (or set) to 5 dB asked for claps
+#: that stand out only that much, and a fixed 8 dB here silently lost them.
 RISE_DB = 8.0
 #: How many earlier frames the rise test compares against.
 RISE_FRAMES = 3
@@ -312,7 +314,7 @@ class ClapDetector:
         is_onset = (
             level >= floor + s.onset_threshold_db
             and level >= s.min_level_db
-            and level - quiet_before >= RISE_DB
+            and level - quiet_before >= min(RISE_DB, s.onset_threshold_db)
             and (not refractory or preempts)
         )
         if is_onset:
