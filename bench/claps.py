@@ -655,9 +655,17 @@ def _header(cfg: dict, title: str) -> str:
     else:
         claps_text = f"{claps} single claps"
         thr_text = f"baseline threshold {threshold:.3f}"
+    # A table must say which daemon it measured: a setting changed with --clap-setting
+    # would otherwise read as the defaults' figures.
+    changed = cfg.get("clap_settings") or {}
+    settings_text = (
+        "; Claudio run with claps settings " + ", ".join(f"{k}={v}" for k, v in changed.items())
+        if changed
+        else ""
+    )
     return (
         f"Clap benchmark ({title}): {cfg['scenes']} scenes, {cfg['audio_s'] / 60:.1f} min of "
-        f"audio, {claps_text}; {thr_text}. Replay CPU: Claudio "
+        f"audio, {claps_text}; {thr_text}{settings_text}. Replay CPU: Claudio "
         f"{cfg['replay_s']['claudio']:.1f} s, baseline {cfg['replay_s']['baseline']:.1f} s.\n"
     )
 

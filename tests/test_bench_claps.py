@@ -97,6 +97,7 @@ def test_benchmark_runs_both_systems_on_the_same_scenes(shared_data, tmp_path, t
     table = (out / "table.md").read_text()
     assert "| claps | SNR dB | scenes | Claudio P | Claudio R | Claudio F1 " in table
     assert "baseline F1" in table and "per hour" in table and "p95" in table
+    assert "claps settings" not in table  # the daemon's defaults
     assert (out / "f1_vs_snr.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -117,6 +118,7 @@ def test_benchmark_can_use_the_shipped_rules_largest_count(
     out = tmp_path / "res3"
     argv = ["--data", str(shared_data / "esc50-16k-folds123"), "--folds", "2", "--seed", "3"]
     argv += ["--per-cell", "1", "--snrs", "20", "--no-classifier", "--max-count", "3"]
+    argv += ["--clap-setting", "max_gap_s=0.8"]
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["max_count"] == 3
@@ -126,7 +128,10 @@ def test_benchmark_can_use_the_shipped_rules_largest_count(
     assert all(c <= 3 for s in claudio for c in s["answer"])
     four = [s for s in claudio if s["count"] == 4]
     assert four and all(s["latency_s"] is None for s in four)
-    assert "patterns of 2-3 claps" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "patterns of 2-3 claps" in table
+    # A table measured with other settings than the defaults says so.
+    assert "Claudio run with claps settings max_gap_s=0.8." in table.splitlines()[0]
 
 
 def test_several_seeds_pool_into_one_summary_and_name_the_recordings(shared_data, tmp_path) -> None:
