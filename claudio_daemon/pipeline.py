@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -19,7 +19,7 @@ from claudio_daemon.calibrate.model import Calibration, apply_calibration
 from claudio_daemon.detect.activity import ActivityGate
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
-from claudio_daemon.events import Action, Event, LevelReading, SoundEvent
+from claudio_daemon.events import Action, ClapPattern, Event, LevelReading, SoundEvent
 from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.features.logmel import StreamingLogMel
 from claudio_daemon.model.classifier import OnnxClassifier
@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 #: A level reading is reported (MQTT sensor, --json with --levels) this often.
 LEVEL_REPORT_S = 5.0
+#: The clap count the detector works to when no enabled rule uses claps: AWAY mode still
+#: hears clap patterns, and a count of 0 is no way to group them.
+NO_RULE_MAX_COUNT = 3
+
+
+def _max_count(rules: RulesFile) -> int:
+    return rules.max_clap_count() or NO_RULE_MAX_COUNT
 
 
 @dataclass
@@ -69,9 +76,12 @@ class Pipeline:
         self.claps = ClapListener(
             self._clap_settings(rules.claps),
             cfg.sample_rate,
-            max_count=rules.max_clap_count(),
+            max_count=_max_count(rules),
             classify=classifier.classify_audio if classifier is not None else None,
         )
+        #: Stream sample at which the clap listener started: a listener built on reload
+        #: counts from zero, and its patterns are moved back onto the stream's clock.
+        self._claps_origin = 0
         if classifier is not None:
             taken = rules.claps.unset_of(classifier.metadata.clap_check)
             if taken:
@@ -86,6 +96,7 @@ class Pipeline:
         self._last_level_report = -(10**12)
         self._level_db = -120.0
         self._floor_db = -120.0
+        self._last_bad_report = -(10**12)
 
     # ------------------------------------------------------------------ configuration
 
@@ -118,17 +129,25 @@ class Pipeline:
         # Compare the files' claps sections, not the listener's settings: with a
         # calibration those differ always, and every reload would reset the detector.
         claps_changed = rules.claps != self.engine.rules.claps
-        self.engine.replace_rules(rules)
-        self.claps.set_max_count(rules.max_clap_count())
-        self._set_thresholds(rules)
+        max_count = _max_count(rules)
+        # Everything that can refuse the new file comes before the first change, so a
+        # refused reload leaves the old rules running whole.
+        fresh = None
         if claps_changed:
             # Detector parameters changed: a fresh detector, since its state depends on them.
-            self.claps = ClapListener(
+            fresh = ClapListener(
                 self._clap_settings(rules.claps),
                 self.sample_rate,
-                max_count=rules.max_clap_count(),
+                max_count=max_count,
                 classify=self.claps.classify,
             )
+        self.engine.replace_rules(rules)
+        self._set_thresholds(rules)
+        if fresh is None:
+            self.claps.set_max_count(max_count)
+        else:
+            self.claps = fresh
+            self._claps_origin = self.stats.samples
 
     def set_away(self, armed: bool, source: str) -> list[Event]:
         return self.engine.set_away(armed, source, self.stats.samples)
@@ -138,6 +157,8 @@ class Pipeline:
     def process(self, samples: np.ndarray) -> list[Event]:
         """Feed the next stretch of audio (any length, at the model rate)."""
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            x = self._finite(x)
         out: list[Event] = []
         active = False
         for end, level_db, floor_db, is_active in self.gate.push(x):
@@ -152,6 +173,7 @@ class Pipeline:
         if self.mel is not None:
             self.mel.push(x)
         for pattern in self.claps.push(x):
+            pattern = self._on_stream_clock(pattern)
             self.stats.patterns += 1
             out.append(pattern)
             out += self.engine.handle(pattern)
@@ -160,6 +182,32 @@ class Pipeline:
             out += self._classify()
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
+
+    def _finite(self, x: np.ndarray) -> np.ndarray:
+        """A NaN or inf sample (a broken driver, a corrupt float WAV) would poison every
+        running level and noise floor for good; it becomes silence instead, and the
+        log says so once a minute of audio at most."""
+        bad = ~np.isfinite(x)
+        if self.stats.samples - self._last_bad_report >= 60 * self.sample_rate:
+            self._last_bad_report = self.stats.samples
+            log.warning(
+                "audio input: %d sample(s) that are not numbers (NaN/inf) from %.2f s on, "
+                "treated as silence; is the audio device or file broken?",
+                int(bad.sum()),
+                (self.stats.samples + int(np.argmax(bad))) / self.sample_rate,
+            )
+        return np.where(bad, np.float32(0.0), x)
+
+    def _on_stream_clock(self, pattern: ClapPattern) -> ClapPattern:
+        """Cooldowns, AWAY timing and event times count samples from the stream start."""
+        if not self._claps_origin:
+            return pattern
+        o = self._claps_origin
+        return replace(
+            pattern,
+            clap_samples=tuple(t + o for t in pattern.clap_samples),
+            decided_sample=pattern.decided_sample + o,
+        )
 
     def _classify(self) -> list[Event]:
         if self.classifier is None or self.mel is None:
