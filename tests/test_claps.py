@@ -509,3 +509,36 @@ def test_claps_that_are_part_of_a_longer_sound_are_not_a_command(caplog) -> None
     # isolation_s 0 turns the test off.
     out, _ = run_listener(_with_burst(1.55, 1.0), fixed(1024), isolation_s=0.0)
     assert [p.count for p in out] == [2]
+
+
+def test_a_long_isolation_window_is_kept_in_memory_whole() -> None:
+    # isolation_s longer than the end silence delays the decision; the grouper's transient
+    # history and the listener's audio ring must still reach back past the first clap.
+    kw = dict(isolation_s=2.0, max_gap_s=0.5, min_gap_s=0.15, end_silence_s=0.5)
+    rng = np.random.default_rng(0)
+    x = 0.003 * rng.standard_normal(12 * SR)
+    # A loud burst 1.9 s before the claps spoils them, also when a faint tick follows the
+    # claps 1.8 s later (it used to push the burst out of the history).
+    for t, level in ((3.1, 0.3), (5.0, 0.3), (5.4, 0.3), (7.2, 0.05)):
+        b = clap_burst(rng, level)
+        x[int(t * SR) : int(t * SR) + len(b)] += b
+    out, listener = run_listener(x, fixed(512), max_count=2, **kw)
+    assert len(listener.candidates) == 4
+    assert out == []
+
+    kw = dict(isolation_s=2.0, max_gap_s=0.2, min_gap_s=0.15, end_silence_s=0.15)
+    x = scene([10.6, 10.78], 14.6)
+    heard = []
+    for chunks in (fixed(100), fixed(512), fixed(4096)):
+        asked: list[int] = []
+        listener = ClapListener(ClapSettings(**kw), SR, 2)
+        listener.classify = lambda seg, a=asked: (a.append(len(seg)), {"clap_pattern": 0.9})[1]
+        i = 0
+        for n in chunks:
+            if i >= len(x):
+                break
+            listener.push(x[i : i + n])
+            i += n
+        heard.append(asked)
+    # Whole pattern, a full second before it, the moments after it; whatever the chunks.
+    assert heard[0][1] == SR and heard[0] == heard[1] == heard[2]

@@ -72,8 +72,10 @@ class ClapListener:
     def set_max_count(self, n: int) -> None:
         self.grouper.set_max_count(n)
         s = self.settings
-        # The pattern, its margins, and the second of context before it.
-        span = n * s.max_gap_s + s.end_silence_s + 2 * s.classify_margin_s + CONTEXT_S + 1.0
+        # The pattern, the wait for its decision (end silence, or a longer isolation window),
+        # its margins, and the second of context before it.
+        wait = max(s.end_silence_s, s.isolation_s)
+        span = n * s.max_gap_s + wait + 2 * s.classify_margin_s + CONTEXT_S + 1.0
         self._keep = int(span * self.sample_rate)
 
     def reset(self) -> None:

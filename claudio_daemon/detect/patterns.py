@@ -84,8 +84,13 @@ class PatternGrouper:
         if n < 1:
             raise ValueError(f"max_count must be at least 1, got {n}")
         self.max_count = int(n)
-        # Long enough to reach back from a decision to before the group's first clap.
-        self._horizon = self._isolation + (self.max_count + 1) * self._max_gap + self._end_silence
+        # Long enough to reach back from a decision (up to the longer of the end silence and
+        # the isolation window after the last clap) to the isolation window before the first.
+        self._horizon = (
+            self._isolation
+            + (self.max_count + 1) * self._max_gap
+            + max(self._end_silence, self._isolation)
+        )
 
     @property
     def in_applause(self) -> bool:
