@@ -542,3 +542,22 @@ def test_a_long_isolation_window_is_kept_in_memory_whole() -> None:
         heard.append(asked)
     # Whole pattern, a full second before it, the moments after it; whatever the chunks.
     assert heard[0][1] == SR and heard[0] == heard[1] == heard[2]
+
+
+def test_the_bare_detector_does_not_depend_on_chunk_sizes_either() -> None:
+    # Calibration and the benchmarks feed ClapDetector whole recordings; the listener feeds
+    # it blocks. With a short decay limit (a short lookahead) a big block used to let an
+    # onset be measured before the next frame could replace it: one clap reported twice.
+    x = scene([1.0, 1.4, 1.75, 4.0, 4.3, 7.0, 7.2, 7.5, 7.8, 8.0], 10.0, seed=1)
+    settings = ClapSettings(max_decay_ms=20.0)
+
+    def candidates(n: int) -> list[tuple[int, float]]:
+        detector = ClapDetector(settings, SR)
+        out = []
+        for i in range(0, len(x), n):
+            out += detector.push(x[i : i + n])
+        return [(c.sample, round(c.score, 6)) for c in out]
+
+    whole = candidates(len(x))
+    assert len({t for t, _ in whole}) == len(whole) >= 6
+    assert whole == candidates(128) == candidates(100)

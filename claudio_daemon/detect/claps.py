@@ -360,8 +360,11 @@ class ClapDetector:
     # --- measurement -------------------------------------------------------------------
 
     def _evaluate_pending(self) -> list[ClapCandidate]:
+        # Measured once the frames up to its lookahead have been analysed, not once that much
+        # audio has arrived: a later frame may still replace the onset (a flam before the
+        # burst), and how far the audio reaches ahead of the frames depends on chunk sizes.
         out = []
-        while self._pending and self._pending[0].frame_start + self.lookahead <= self.hp.end:
+        while self._pending and self._pending[0].frame_start + self.lookahead <= self._next_frame:
             p = self._pending.pop(0)
             cand = self.measure(p.frame_start, p.floor_db, p.quiet_until)
             if cand is not None:
