@@ -429,7 +429,10 @@ class ClapDetector:
         n_win = 2 * self._spec_n
         win = np.hanning(n_win)
         raw = self.raw.get(onset - 32, onset - 32 + n_win)
-        bg_end = min(onset, quiet_until)
+        # A chain of pre-empting onsets carries `quiet_until` back to its first: no further
+        # than the history is sure to hold (one refractory time), or what it reads would
+        # depend on when the history last dropped old audio, i.e. on chunk sizes.
+        bg_end = max(min(onset, quiet_until), onset - self._refractory)
         bg = self.raw.get(bg_end - 64 - n_win, bg_end - 64)
         spec = np.abs(np.fft.rfft(raw * win)) ** 2
         spec = np.maximum(spec - np.abs(np.fft.rfft(bg * win)) ** 2, 0.0)
