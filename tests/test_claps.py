@@ -117,6 +117,22 @@ def test_a_threshold_below_the_default_finds_claps_that_stand_out_that_little() 
     assert [p.count for p in out] == [3]
 
 
+def test_a_low_threshold_does_not_split_a_clap_whose_ring_carries_a_second_burst() -> None:
+    # A second, softer burst 0.1 s into a ringing clap (a flam, an echo) rises only a few dB
+    # over the ring. Out of the background a low threshold lowers the jump an onset needs;
+    # inside a sound it must not, or the clap becomes two (and a command is spoilt).
+    rng = np.random.default_rng(0)
+    n = int(0.25 * SR)
+    t = np.arange(n) / SR
+    x = 0.002 * rng.standard_normal(3 * SR)
+    for at, level, tau in ((1.0, 0.3, 0.03), (1.1, 0.045, 0.015)):
+        env = np.minimum(t / 0.001, 1.0) * np.exp(-t / tau)
+        x[int(at * SR) : int(at * SR) + n] += level * env * rng.standard_normal(n)
+    for threshold in (10.0, 6.0):
+        found = ClapDetector(ClapSettings(onset_threshold_db=threshold), SR).push(x)
+        assert [round(c.sample / SR, 2) for c in found] == [1.0], threshold
+
+
 def test_two_and_three_claps_never_confused() -> None:
     for seed in range(4):
         gap = 0.2 + 0.15 * seed

@@ -38,9 +38,8 @@ SPECTRUM_S = 0.020
 FAST_ENV_S = 0.0008
 #: Envelope smoothing for the decay measurement (seconds).
 SLOW_ENV_S = 0.004
-#: An onset must rise this much over the quietest of the previous frames (dB), or by the
-#: onset threshold where that is lower: a room calibrated (or set) to 5 dB asked for claps
-#: that stand out only that much, and a fixed 8 dB here silently lost them.
+#: An onset must rise this much over the quietest of the previous frames (dB); out of a
+#: steady background no more than the onset threshold asks (`_rise_needed`).
 RISE_DB = 8.0
 #: How many earlier frames the rise test compares against.
 RISE_FRAMES = 3
@@ -314,7 +313,7 @@ class ClapDetector:
         is_onset = (
             level >= floor + s.onset_threshold_db
             and level >= s.min_level_db
-            and level - quiet_before >= min(RISE_DB, s.onset_threshold_db)
+            and level - quiet_before >= self._rise_needed(floor, quiet_before)
             and (not refractory or preempts)
         )
         if is_onset:
@@ -337,6 +336,19 @@ class ClapDetector:
         self._recent.append((start, level))
         if len(self._recent) > RISE_FRAMES:
             self._recent.pop(0)
+
+    def _rise_needed(self, floor: float, quiet_before: float) -> float:
+        """How far an onset must jump over the quietest of the frames just before it.
+
+        Out of the background, no more than the threshold asks: a room calibrated (or set)
+        to 5 dB wants claps that stand out that little. Inside a sound (the frames before
+        are themselves the threshold above the floor) always RISE_DB: a lower threshold
+        must not split a clap whose ring carries a second burst (a flam, an echo).
+        """
+        threshold = self.settings.onset_threshold_db
+        if quiet_before >= floor + threshold:
+            return RISE_DB
+        return min(RISE_DB, threshold)
 
     def _earlier_peak(self, quiet_at: int, quiet_db: float) -> float:
         """The loudest the last transient got before the rise now under way began.

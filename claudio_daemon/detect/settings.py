@@ -47,8 +47,9 @@ class ClapSettings(StrictModel):
         10.0,
         ge=3.0,
         le=60.0,
-        description="A frame must be this many dB above the adaptive noise floor (and a jump "
-        "of as much, at most 8 dB, over the frames just before it) to start a clap.",
+        description="A frame must be this many dB above the adaptive noise floor to start a "
+        "clap, and jump as much over the frames just before it (at most 8 dB; 8 dB while a "
+        "sound is still ringing).",
     )
     min_level_db: float = Field(
         -45.0,
