@@ -17,7 +17,7 @@ from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import parse_rules
 from tests.fixtures.onnx_model import TINY_FRONTEND, build_tiny_onnx_model
 from tests.test_claps import scene
-from tests.test_pipeline_reload import RULES
+from tests.test_pipeline import RULES
 
 pytest.importorskip("onnx")
 
