@@ -40,8 +40,8 @@ def scene(onsets_s: list[float], seconds: float, seed: int = 0, maker=clap_burst
     return x
 
 
-def run_listener(x: np.ndarray, chunks, max_count: int = 3, **kw):
-    listener = ClapListener(ClapSettings(**kw), SR, max_count)
+def run_listener(x: np.ndarray, chunks, max_count: int = 3, classify=None, **kw):
+    listener = ClapListener(ClapSettings(**kw), SR, max_count, classify=classify)
     out = []
     i = 0
     for n in chunks:
@@ -547,14 +547,13 @@ def test_a_long_isolation_window_is_kept_in_memory_whole() -> None:
     heard = []
     for chunks in (fixed(100), fixed(512), fixed(4096)):
         asked: list[int] = []
-        listener = ClapListener(ClapSettings(**kw), SR, 2)
-        listener.classify = lambda seg, a=asked: (a.append(len(seg)), {"clap_pattern": 0.9})[1]
-        i = 0
-        for n in chunks:
-            if i >= len(x):
-                break
-            listener.push(x[i : i + n])
-            i += n
+        run_listener(
+            x,
+            chunks,
+            max_count=2,
+            classify=lambda seg, a=asked: (a.append(len(seg)), {"clap_pattern": 0.9})[1],
+            **kw,
+        )
         heard.append(asked)
     # Whole pattern, a full second before it, the moments after it; whatever the chunks.
     assert heard[0][1] == SR and heard[0] == heard[1] == heard[2]
