@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -192,11 +193,61 @@ def make_publisher(
     publisher = MqttPublisher(
         rules.mqtt, on_command=runner.on_command, sample_rate=runner.pipeline.sample_rate
     )
+    announce(publisher, rules, classifier)
+    return publisher
+
+
+def announce(publisher: MqttPublisher, rules: RulesFile, classifier: OnnxClassifier | None) -> None:
+    """Home Assistant discovery for what these rules can send: a disabled clap rule sends
+    nothing, so it is not announced."""
     publisher.configure_discovery(
-        clap_counts=sorted({t.claps for t in rules.triggers if t.claps is not None}),
+        clap_counts=sorted({t.claps for t in rules.triggers if t.enabled and t.claps is not None}),
         sound_labels=list(classifier.labels) if classifier is not None else [],
     )
-    return publisher
+
+
+def start_publisher(publisher: MqttPublisher) -> None:
+    """Connects in the background; a missing or unreadable secret or TLS file is the user's
+    to fix, told in one line (a traceback would show the file's bytes in the journal)."""
+    try:
+        publisher.start()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+#: Sections a reload cannot apply: the broker connection, the model and the microphone
+#: are opened once, at start-up.
+RESTART_SECTIONS = ("mqtt", "model", "audio")
+
+
+def restart_needed(old: RulesFile, new: RulesFile) -> list[str]:
+    """The sections of an accepted edit that take effect only at the next start."""
+    return [name for name in RESTART_SECTIONS if getattr(old, name) != getattr(new, name)]
+
+
+def reload_applier(
+    pipeline: Pipeline,
+    publisher: MqttPublisher,
+    classifier: OnnxClassifier | None,
+    rules: RulesFile,
+) -> Callable[[RulesFile], None]:
+    """What a reload does with a good file: new rules for the pipeline, Home Assistant
+    told about new clap patterns, and a warning for what needs a restart."""
+    current = rules
+
+    def apply(new: RulesFile) -> None:
+        nonlocal current
+        pipeline.replace_rules(new)
+        announce(publisher, new, classifier)
+        later = restart_needed(current, new)
+        if later:
+            log.warning(
+                "changes to %s take effect at the next restart (systemctl restart claudio)",
+                ", ".join(f"{name}:" for name in later),
+            )
+        current = new
+
+    return apply
 
 
 def run_replay(
@@ -213,14 +264,21 @@ def run_replay(
     parts = assemble(rules_path, model_path, use_classifier=use_classifier)
     runner = Runner(parts.pipeline, json_out=json_out, json_levels=json_levels)
     try:
-        source = FileSource(file, parts.pipeline.sample_rate, realtime=realtime)
+        # The live block size: the pipeline classifies once a block, so a replay in other
+        # blocks would classify other windows than the live run it replays.
+        source = FileSource(
+            file,
+            parts.pipeline.sample_rate,
+            block_size=parts.rules.audio.block_size,
+            realtime=realtime,
+        )
     except AudioFileError as exc:
         raise UserError(str(exc)) from exc
     publisher = None
     if publish:
         publisher = make_publisher(parts.rules, runner, parts.classifier)
         runner.publisher = publisher
-        publisher.start()
+        start_publisher(publisher)
     try:
         if parts.rules.away.armed:
             runner.set_away(True, "rules.yaml")
@@ -250,16 +308,17 @@ def run_service(
     labels = parts.classifier.labels if parts.classifier is not None else None
     notifier = SystemdNotifier.from_env()
     runner = Runner(parts.pipeline, json_out=json_out, notifier=notifier)
+    publisher = make_publisher(parts.rules, runner, parts.classifier)
+    runner.publisher = publisher
     reloader = Reloader(
         rules_path,
         load=lambda p: load_checked_rules(p, labels),
-        apply=parts.pipeline.replace_rules,
+        apply=reload_applier(parts.pipeline, publisher, parts.classifier, parts.rules),
         notifier=notifier,
         watcher=watcher,
     )
     runner.housekeeping = reloader.check
-    publisher = make_publisher(parts.rules, runner, parts.classifier)
-    runner.publisher = publisher
+    runner.status_note = lambda: reloader.last_error
     restore = install_handlers(on_stop=runner.stop, on_reload=reloader.request)
     sr = parts.pipeline.sample_rate
     spec: str | int | None = device if device is not None else parts.rules.audio.device
@@ -267,16 +326,27 @@ def run_service(
         spec = int(spec)
     try:
         if input_file is not None:
-            source: FileSource | MicSource = FileSource(input_file, sr, realtime=True)
+            source: FileSource | MicSource = FileSource(
+                input_file, sr, block_size=parts.rules.audio.block_size, realtime=True
+            )
             where = str(input_file)
         else:
-            source = MicSource(spec, sr, block_size=parts.rules.audio.block_size)
+            # A microphone missing at start-up (a USB one plugged in after boot) is waited
+            # for, as one lost later is: systemd would give up after five quick failures.
+            source = MicSource(
+                spec, sr, block_size=parts.rules.audio.block_size, wait_for_device=True
+            )
             source.heartbeat = notifier.watchdog
             where = f"microphone {spec if spec is not None else '(default)'}"
+            source.on_waiting = lambda why: notifier.ready(f"waiting for {where}: {why}")
     except (AudioDeviceError, AudioFileError) as exc:
         restore()
         raise UserError(str(exc)) from exc
-    publisher.start()
+    try:
+        start_publisher(publisher)
+    except UserError:
+        restore()
+        raise
     if parts.rules.away.armed:
         runner.set_away(True, "rules.yaml")
     else:

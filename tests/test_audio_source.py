@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from claudio_daemon.audio.resample import StreamingResampler
 from claudio_daemon.audio.source import (
     AudioBlock,
     AudioDeviceError,
+    Backoff,
     FileSource,
     MicSource,
     list_input_devices,
@@ -280,3 +282,74 @@ def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_pat
     starts = [b.start_sample for b in blocks]
     assert starts == [i * 1024 for i in range(len(blocks))]  # no gap, no overlap in indices
     assert heard > -12, f"no tone after the reopen (loudest {heard:.1f} dB)"
+
+
+def test_backoff_grows_until_audio_has_flowed_for_a_while() -> None:
+    """A stream that opens and dies at once must not be reopened a few times a second."""
+    b = Backoff(0.5, 4.0, healthy_s=60.0)
+    waits = []
+    for _ in range(6):
+        waits.append(b.delay_s)
+        b.failed()
+        b.flowing(2.0)  # a little audio after each open, then it died again
+    assert waits == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.flowing(60.0)  # a minute of audio: the device is healthy again
+    assert b.delay_s == 0.5
+    with pytest.raises(ValueError, match="back-off"):
+        Backoff(0.0, 1.0, healthy_s=1.0)
+
+
+def test_mic_source_waits_for_a_device_missing_at_start(
+    pulse_server: PulseServer,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The service starts before its microphone (a USB one plugged in after boot): it says
+    why it waits, once, and listens as soon as the device is there."""
+    with pytest.raises(AudioDeviceError):
+        MicSource("usb-mic-not-yet-plugged", RATE)  # interactive use still fails fast
+    pulse_server.remove_sink()
+    try:
+        mic = MicSource(
+            "pulse", RATE, native_rate=48000, reopen_backoff=(0.2, 0.4), wait_for_device=True
+        )
+        waiting: list[str] = []
+        mic.on_waiting = waiting.append
+        blocks: list[AudioBlock] = []
+        with caplog.at_level(logging.INFO, logger="claudio_daemon.audio.source"):
+            th = _capture(mic, blocks)
+            deadline = time.monotonic() + 10
+            while not waiting and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(waiting) == 1 and "pulse" in waiting[0], waiting
+            assert th.is_alive() and not blocks
+    finally:
+        pulse_server.add_sink()
+    try:
+        heard = -240.0
+        deadline = time.monotonic() + 15
+        while heard <= -12 and time.monotonic() < deadline:
+            pulse_server.play_array(_tone(1000, 48000, 0.6, amp=0.5), 48000, tmp_path)
+            waited = time.monotonic() + 1.5
+            while heard <= -12 and time.monotonic() < waited:
+                time.sleep(0.1)
+                heard = _loudest_db(blocks)
+    finally:
+        mic.close()
+        th.join(timeout=3)
+    assert heard > -12, f"nothing heard once the device came (loudest {heard:.1f} dB)"
+    assert len(waiting) == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "waiting for it" in errors[0].getMessage()
+
+
+def test_mic_source_averages_a_device_that_only_opens_in_stereo(
+    pulse_server: PulseServer,  # noqa: F811
+) -> None:
+    """As files and the training clips are: a dead left channel must not leave us deaf."""
+    mic = MicSource("pulse", RATE, native_rate=48000)
+    right = _tone(1000, 48000, 0.1).astype(np.float32)
+    mic._callback(np.stack([np.zeros_like(right), right], axis=1), right.size, None, None)
+    mic._callback(right[:, None].copy(), right.size, None, None)
+    np.testing.assert_allclose(mic._queue.get_nowait(), right / 2, atol=1e-7)
+    np.testing.assert_allclose(mic._queue.get_nowait(), right)

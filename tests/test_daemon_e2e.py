@@ -6,13 +6,16 @@ Scenes are built at test time from ESC-50 clips in ../shared/data (single claps 
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.daemon_helpers import (
     ROOT,
@@ -265,8 +268,10 @@ def test_rules_reload_while_running(
             notify.wait_for("READY=1")
             rules.write_text(rules.read_text().replace("claps: 3", "claps: zero"))
             time.sleep(1.2)
-            # Now swap: two claps switch the TV.
+            # Now swap: two claps switch the TV, four the lamp; and a broker setting that
+            # only a restart can apply.
             write_rules(rules, port=mosquitto.port, model=tiny_onnx_model, lamp_claps=4, tv_claps=2)
+            rules.write_text(rules.read_text().replace("reconnect_max_s: 1", "reconnect_max_s: 2"))
             code, _, err = daemon.wait(timeout=60)
         finally:
             daemon.kill()
@@ -274,9 +279,18 @@ def test_rules_reload_while_running(
         assert code == 0, err
         assert "rules.yaml:" in err and "triggers[1].claps" in err and "keeping the previous" in err
         assert "rules reloaded" in err
+        assert "changes to mqtt: take effect at the next restart" in err
         sub.wait_for(lambda m: len(m) >= 1, timeout=5)
         assert sub.payloads(TV) == [b'{"state": "TOGGLE"}']
         assert sub.payloads(LAMP) == []
+    # Home Assistant was told about the new pattern: its retained discovery lists four
+    # claps (the event entity rejects event types it was not told about).
+    node = "claudio-test"
+    with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/#"]) as ha:
+        ha.wait_for(lambda m: any(t.endswith("/claps/config") for t, _, _ in m), timeout=5)
+        configs = {t: json.loads(p) for t, p, _ in ha.messages if p}
+    assert "claps_4" in configs[f"homeassistant/event/{node}/claps/config"]["event_types"]
+    assert f"homeassistant/device_automation/{node}/claps_4/config" in configs
 
 
 def test_the_bundled_demo_does_what_the_quick_start_promises() -> None:
@@ -291,3 +305,61 @@ def test_the_bundled_demo_does_what_the_quick_start_promises() -> None:
     actions = [(e["appliance"], e["topic"]) for e in events if e["type"] == "action"]
     assert [c["count"] for c in claps] == [2, 3]
     assert actions == [("lamp", LAMP), ("tv", TV)]
+
+
+def test_missing_mqtt_password_is_one_clear_line(tiny_onnx_model: Path, tmp_path: Path) -> None:
+    """install-service.sh creates the credential file empty: starting before filling it in
+    says so in one line, with no traceback (whose locals would show the file's bytes)."""
+    rules = write_rules(tmp_path / "rules.yaml", port=1, model=tiny_onnx_model)
+    rules.write_text(
+        rules.read_text().replace(
+            "  client_id: claudio-test\n",
+            "  client_id: claudio-test\n  username: claudio\n"
+            "  password_file: ${CREDENTIALS_DIRECTORY}/mqtt-password\n",
+        )
+    )
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("")
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR, np.float32))
+    for command in (["run", "--input", str(wav)], ["replay", str(wav), "--publish"]):
+        proc = subprocess.run(
+            daemon_cmd(*command, "--rules", str(rules)),
+            cwd=ROOT,
+            env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds), "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode != 0, command
+        assert "mqtt-password is empty" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_replay_reads_in_the_live_block_size(shared_data: Path, tmp_path: Path) -> None:
+    """The pipeline classifies once a block, so a replay in 1024-sample blocks of a daemon
+    set to 4096 heard other windows than the live run it stands for."""
+    from claudio_daemon import app
+    from claudio_daemon.audio.source import FileSource
+    from claudio_daemon.runner import Runner
+
+    folder = shared_data / "esc50-16k-folds123" / "audio"
+    picks = [sorted(folder.glob(f"*-{c}.flac"))[0] for c in (0, 30, 22, 40)]
+    audio = np.concatenate([sf.read(str(p), dtype="float32")[0] for p in picks])
+    wav = tmp_path / "mix.wav"
+    sf.write(str(wav), audio, 16000)
+    text = (ROOT / "rules.yaml").read_text()
+    assert "block_size: 1024" in text
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text.replace("block_size: 1024", "block_size: 4096"))
+
+    replayed = io.StringIO()
+    app.run_replay(wav, rules_path=rules, model_path=None, json_out=replayed)
+    parts = app.assemble(rules, None)
+    live = io.StringIO()  # what the microphone hands the pipeline: blocks of block_size
+    Runner(parts.pipeline, json_out=live).run(
+        FileSource(wav, parts.pipeline.sample_rate, block_size=4096)
+    )
+    events = json_events(replayed.getvalue())
+    assert any(e["type"] == "sound" for e in events)
+    assert events == json_events(live.getvalue())

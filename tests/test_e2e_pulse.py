@@ -77,16 +77,23 @@ def wait_until(condition, timeout: float, what: str) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("mic_at_start", [True, False], ids=["mic-present", "mic-plugged-later"])
 def test_claps_into_the_microphone_switch_lamp_and_tv(
     two_then_three: Path,
     portaudio_pulse: PulseServer,
     mosquitto: Broker,
     tiny_onnx_model: Path,
     tmp_path: Path,
+    mic_at_start: bool,
 ) -> None:
+    """Also with the microphone missing when the service starts (a USB one plugged in after
+    boot): it tells systemd it is waiting, and listens once the device is there."""
     pulse = portaudio_pulse
     rules = write_rules(tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model)
     notify = NotifySocket(tmp_path)
+    plugged = mic_at_start
+    if not plugged:
+        pulse.remove_sink()
     with Subscriber(mosquitto.host, mosquitto.port, ["#"]) as sub:
         daemon = Daemon(
             ["run", "--rules", str(rules), "--device", pulse.portaudio_device],
@@ -94,6 +101,12 @@ def test_claps_into_the_microphone_switch_lamp_and_tv(
         )
         try:
             notify.wait_for("READY=1", timeout=30)
+            if not mic_at_start:
+                assert any("waiting for microphone" in m for m in notify.messages)
+                time.sleep(1.0)
+                assert daemon.proc.poll() is None, "the daemon gave up on a missing microphone"
+                pulse.add_sink()
+                plugged = True
             # READY comes just before the audio stream opens: wait until the daemon's own
             # record stream is on the server, so not a clap is played to nobody.
             pid = daemon.proc.pid
@@ -112,6 +125,8 @@ def test_claps_into_the_microphone_switch_lamp_and_tv(
         finally:
             daemon.kill()
             notify.close()
+            if not plugged:
+                pulse.add_sink()
         assert code == 0, err
         sub.wait_for(lambda m: [p for t, p, _ in m if t == AVAILABLE][-1:] == [b"offline"])
 

@@ -259,6 +259,38 @@ def resolve_input_device(device: str | int | None) -> InputDevice:
     return matches[0]
 
 
+class Backoff:
+    """How long to wait before the next attempt to reopen the microphone.
+
+    The delay doubles with every attempt, also with attempts that open a stream which then
+    dies at once or never delivers: a device that keeps failing that way would otherwise
+    be reopened (and logged) a few times a second for ever. Only audio that has flowed for
+    `healthy_s` shows the device is back, and brings the delay back to its start.
+    """
+
+    def __init__(self, first_s: float, cap_s: float, healthy_s: float) -> None:
+        if not 0 < first_s <= cap_s:
+            raise ValueError(f"reopen back-off needs 0 < first <= cap, got {first_s}, {cap_s}")
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.healthy_s = healthy_s
+        self._delay = first_s
+
+    @property
+    def delay_s(self) -> float:
+        """The wait before the next attempt."""
+        return self._delay
+
+    def failed(self) -> None:
+        """An attempt is used up (failed to open, or opened and then failed)."""
+        self._delay = min(self.cap_s, self._delay * 2)
+
+    def flowing(self, seconds: float) -> None:
+        """Audio has arrived for `seconds` since the last (re)open."""
+        if seconds >= self.healthy_s:
+            self._delay = self.first_s
+
+
 class MicSource:
     """A live input device, kept alive through device errors.
 
@@ -267,11 +299,14 @@ class MicSource:
     and counted in `overflows`, as are the driver's own input overflows.
 
     If the stream fails (PortAudio error, the stream finishing by itself, or no audio for
-    `stall_s`), it is closed and reopened with exponential backoff, re-resolving the device
-    by name so a re-plugged USB microphone is found again. Sample indices keep counting the
-    audio actually received: the gap is not filled with silence, so after a reopen time
-    continues from the new audio (timings inside a pattern spanning the gap are lost,
-    which is harmless because patterns are far shorter than a reopen).
+    `stall_s`), it is closed and reopened with exponential backoff (`Backoff`), re-resolving
+    the device by name so a re-plugged USB microphone is found again. With `wait_for_device`
+    a microphone that is missing or busy at start-up is waited for the same way (the
+    service: a USB microphone plugged in after boot), and `on_waiting` hears why, once.
+    Sample indices keep counting the audio actually received: the gap is not filled with
+    silence, so after a reopen time continues from the new audio (timings inside a pattern
+    spanning the gap are lost, which is harmless because patterns are far shorter than a
+    reopen).
     """
 
     def __init__(
@@ -284,14 +319,29 @@ class MicSource:
         reopen_backoff: tuple[float, float] = (0.5, 30.0),
         stall_s: float = 3.0,
         latency: float = 0.1,
+        wait_for_device: bool = False,
+        healthy_s: float = 60.0,
     ) -> None:
         self.device_spec = device
-        self.device = resolve_input_device(device)
         self.sample_rate = int(target_rate)
-        self.native_rate = int(native_rate or round(self.device.default_rate))
         self.block_size = int(block_size)
+        _Reblocker(self.block_size)  # validates block_size now, not at first use
+        self._fixed_rate = int(native_rate) if native_rate else None
+        self._wait = wait_for_device
+        #: Why the device could not be found at start-up (only with wait_for_device).
+        self._missing: str | None = None
+        try:
+            self.device = resolve_input_device(device)
+        except AudioDeviceError as exc:
+            if not wait_for_device:
+                raise
+            self._missing = str(exc)
+            name = str(device) if device is not None else "(default)"
+            self.device = InputDevice(-1, name, 1, 0.0, False)
+        rate = self._fixed_rate or int(round(self.device.default_rate))
+        self.native_rate = rate or self.sample_rate
         self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_blocks)
-        self._backoff = reopen_backoff
+        self._backoff = Backoff(reopen_backoff[0], reopen_backoff[1], healthy_s)
         self._stall_s = stall_s
         # A fixed 100 ms: PortAudio's "low" starves ALSA's pulse plugin (audio arrives in
         # bursts seconds late) and "high" may deliver nothing; claps need sample-accurate
@@ -304,6 +354,9 @@ class MicSource:
         #: Called while waiting for audio or for a device to come back, so the service
         #: watchdog knows the loop is alive (a lost microphone is retried, not fatal).
         self.heartbeat: Callable[[], object] | None = None
+        #: Called once, with the reason, when blocks() starts waiting for a device that is
+        #: missing or busy at start-up (wait_for_device), so the service can say so.
+        self.on_waiting: Callable[[str], object] | None = None
 
     @property
     def overflows(self) -> int:
@@ -320,8 +373,14 @@ class MicSource:
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status and status.input_overflow:
             self._overflows += 1
+        # Channels are averaged, as files are (and the training clips were): a device that
+        # only opens in stereo and has a dead left channel must not leave us deaf.
+        if indata.shape[1] == 1:
+            mono = indata[:, 0].copy()
+        else:
+            mono = indata.mean(axis=1, dtype=np.float32)
         try:
-            self._queue.put_nowait(indata[:, 0].copy())
+            self._queue.put_nowait(mono)
         except queue.Full:
             self._overflows += 1
 
@@ -329,7 +388,7 @@ class MicSource:
         sd = _sd()
         self._stream_ended.clear()
         # Mono if the device allows it; some only open with all their channels, and then
-        # the callback keeps the first one.
+        # the callback averages them.
         channel_options = [1] + ([self.device.channels] if self.device.channels > 1 else [])
         for i, channels in enumerate(channel_options):
             try:
@@ -364,9 +423,9 @@ class MicSource:
 
     def _reopen(self) -> Any | None:
         """Retry until a stream opens or close() is called; None when closed."""
-        delay, cap = self._backoff
         while not self._closed.is_set():
-            deadline = time.monotonic() + delay
+            deadline = time.monotonic() + self._backoff.delay_s
+            self._backoff.failed()
             while time.monotonic() < deadline:
                 self._beat()
                 if self._closed.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
@@ -374,28 +433,49 @@ class MicSource:
             try:
                 refresh_devices()
                 self.device = resolve_input_device(self.device_spec)
+                if self._fixed_rate is None:
+                    # A re-plugged (or another) device may run at another rate.
+                    self.native_rate = int(round(self.device.default_rate))
                 stream = self._open()
                 self.reopens += 1
                 return stream
             except Exception as exc:
-                log.warning("audio input still unavailable (%s); retrying in %.1f s", exc, delay)
-                delay = min(cap, delay * 2)
+                log.warning(
+                    "audio input still unavailable (%s); retrying in %.1f s",
+                    exc,
+                    self._backoff.delay_s,
+                )
         return None
 
-    def blocks(self) -> Iterator[AudioBlock]:
+    def _first_stream(self) -> Any | None:
+        """The stream at start-up: an error, or with wait_for_device a wait (None: closed)."""
         sd = _sd()
+        reason = self._missing
+        if reason is None:
+            try:
+                return self._open()
+            except sd.PortAudioError as exc:
+                reason = (
+                    f"cannot open audio input [{self.device.index}] {self.device.name!r} at "
+                    f"{self.native_rate} Hz (busy or unsupported?): {exc}; {_describe_inputs()}"
+                )
+                if not self._wait:
+                    raise AudioDeviceError(reason) from exc
+        log.error("%s; waiting for it, retrying in %.1f s", reason, self._backoff.delay_s)
+        if self.on_waiting is not None:
+            self.on_waiting(reason)
+        self._missing = None
+        return self._reopen()
+
+    def blocks(self) -> Iterator[AudioBlock]:
         while not self._queue.empty():  # leftovers of an earlier blocks() run
             self._queue.get_nowait()
-        try:
-            stream = self._open()
-        except sd.PortAudioError as exc:
-            raise AudioDeviceError(
-                f"cannot open audio input [{self.device.index}] {self.device.name!r} at "
-                f"{self.native_rate} Hz (busy or unsupported?): {exc}; {_describe_inputs()}"
-            ) from exc
+        stream = self._first_stream()
+        if stream is None:
+            return
         resampler = StreamingResampler(self.native_rate, self.sample_rate)
         reblock = _Reblocker(self.block_size)
-        last_audio = time.monotonic()
+        opened = last_audio = time.monotonic()
         try:
             while not self._closed.is_set():
                 try:
@@ -405,6 +485,7 @@ class MicSource:
                     self._beat()
                 if data is not None:
                     last_audio = time.monotonic()
+                    self._backoff.flowing(last_audio - opened)
                     yield from reblock.push(resampler.process(data))
                     continue
                 failed = self._stream_ended.is_set() or not stream.active
@@ -423,7 +504,9 @@ class MicSource:
                 stream = self._reopen()
                 if stream is None:
                     return
-                last_audio = time.monotonic()
+                if resampler.in_rate != self.native_rate:
+                    resampler = StreamingResampler(self.native_rate, self.sample_rate)
+                opened = last_audio = time.monotonic()
         finally:
             if stream is not None:
                 stream.close(ignore_errors=True)
