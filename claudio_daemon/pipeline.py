@@ -126,17 +126,19 @@ class Pipeline:
 
     def replace_rules(self, rules: RulesFile) -> None:
         """Live reload: keeps AWAY state, cooldowns, and the detector's noise floor."""
-        # Compare the files' claps sections, not the listener's settings: with a
-        # calibration those differ always, and every reload would reset the detector.
-        claps_changed = rules.claps != self.engine.rules.claps
+        # Compare what the detector would run with, not the files' claps sections: which
+        # keys the user wrote decides what the model's clap check fills in, so equal values
+        # can mean different settings (an override equal to the built-in default, a deleted
+        # one), while the calibration is applied to both sides alike.
+        settings = self._clap_settings(rules.claps)
         max_count = _max_count(rules)
         # Everything that can refuse the new file comes before the first change, so a
         # refused reload leaves the old rules running whole.
         fresh = None
-        if claps_changed:
+        if settings != self.claps.settings:
             # Detector parameters changed: a fresh detector, since its state depends on them.
             fresh = ClapListener(
-                self._clap_settings(rules.claps),
+                settings,
                 self.sample_rate,
                 max_count=max_count,
                 classify=self.claps.classify,
@@ -165,7 +167,10 @@ class Pipeline:
             self._level_db, self._floor_db = level_db, floor_db
             active = active or is_active
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
-            if is_active and self.engine.away:
+            # Every window while armed, not only while the gate is open: AWAY's own
+            # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
+            # and the engine's comparison costs nothing next to the classifier.
+            if self.engine.away:
                 out += self.engine.handle(reading)
             if end - self._last_level_report >= LEVEL_REPORT_S * self.sample_rate:
                 self._last_level_report = end
@@ -223,13 +228,15 @@ class Pipeline:
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < self._thresholds.get(label, 1.1):
                 continue
+            event = SoundEvent(label=label, score=score, level_db=self._level_db, sample=now)
             last = self._last_reported.get(label)
             self._last_reported[label] = now
-            if last is not None and now - last < hold:
-                continue
-            event = SoundEvent(label=label, score=score, level_db=self._level_db, sample=now)
-            self.stats.sounds += 1
-            out.append(event)
+            if last is None or now - last >= hold:
+                self.stats.sounds += 1
+                out.append(event)
+            # The engine hears every window, held or not: the hold above counts from the
+            # lowest threshold, so a rule or AWAY asking more would miss a sound that
+            # scored low first and high after. It holds each rule at its own min_score.
             out += self.engine.handle(event)
         return out
 

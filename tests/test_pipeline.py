@@ -1,12 +1,16 @@
 """The pipeline over time: a live reload keeps the clap detector's learned state unless its
-settings changed and the stream's clock whatever changed; bad samples do not deafen it."""
+settings changed and the stream's clock whatever changed; bad samples do not deafen it;
+rules and AWAY hear what reaches their own thresholds."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 
 from claudio_daemon.calibrate.model import Calibration
-from claudio_daemon.events import Action, ClapPattern
+from claudio_daemon.events import Action, Alert, ClapPattern, SoundEvent
+from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import parse_rules
 from tests.test_claps import SR, scene
@@ -90,3 +94,101 @@ def test_samples_that_are_not_numbers_do_not_deafen_the_daemon(caplog) -> None:
     assert np.isfinite(pipeline.noise_floor_db) and np.isfinite(pipeline.claps.noise_floor_db)
     warnings = [r.getMessage() for r in caplog.records if "not numbers" in r.getMessage()]
     assert len(warnings) == 1 and "from 2.50 s on" in warnings[0]  # once a minute of audio at most
+
+
+class ScriptedClassifier:
+    """Stands in for OnnxClassifier: glass_breaking scores from a script, one per window."""
+
+    def __init__(self, script: list[float], clap_check: dict[str, float] | None = None) -> None:
+        self.script = list(script)
+        self.frontend = FrontEndConfig()
+        self.labels = ("glass_breaking", "dog")
+        self.metadata = SimpleNamespace(clap_check=clap_check or {}, model_name="scripted")
+
+    def classify_audio(self, audio) -> dict[str, float]:
+        return {"clapping": 0.9}
+
+    def scores(self, window) -> dict[str, float]:
+        score = self.script.pop(0) if self.script else 0.0
+        return {"glass_breaking": score, "dog": 0.0}
+
+
+GLASS = """\
+audio: {calibration: null}
+claps: {enabled: false}
+sounds: {default_threshold: 0.8, hold_s: 2.0}
+appliances:
+  lamp: {preset: tasmota, topic: lamp}
+triggers:
+  - {sound: glass_breaking, min_score: 0.85, actions: [lamp: "on"], cooldown_s: 0}
+"""
+
+
+def _noise(db: float, seconds: float, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(int(seconds * SR))
+    return (x / np.sqrt(np.mean(x**2)) * 10 ** (db / 20)).astype(np.float32)
+
+
+def test_rules_and_away_hear_windows_that_the_event_hold_keeps_back() -> None:
+    # The glass breaks: the first window scores 0.82 (above the reporting threshold 0.8,
+    # below the rule's 0.85), the next ones 0.95. The event hold (2 s) keeps the published
+    # events to one, but the rule must fire on the first 0.95 window, and once only.
+    x = np.concatenate([np.zeros(2 * SR, np.float32), _noise(-10.0, 3.0, 0)])
+    clf = ScriptedClassifier([0.82, 0.95, 0.95, 0.95])
+    events = _run(Pipeline(parse_rules(GLASS), clf), x)
+    assert not clf.script  # all four windows were classified
+    (sound,) = [e for e in events if isinstance(e, SoundEvent)]
+    assert round(sound.score, 2) == 0.82
+    (action,) = [a for a in events if isinstance(a, Action)]
+    assert action.reason == "sound:glass_breaking"
+    assert sound.sample < action.sample <= sound.sample + SR  # the next window, not later
+    # AWAY asking more than the label's threshold alerts on those windows too.
+    away = GLASS.split("triggers:")[0] + (
+        "away: {armed: true, arm_delay_s: 0, margin_db: null, min_score: 0.9, actions: [lamp]}\n"
+    )
+    events = _run(Pipeline(parse_rules(away), ScriptedClassifier([0.82, 0.95, 0.95])), x)
+    assert [round(e.score, 2) for e in events if isinstance(e, Alert)] == [0.95]
+
+
+AWAY_LEVEL = """\
+audio: {calibration: null}
+appliances:
+  lamp: {preset: tasmota, topic: lamp}
+away:
+  armed: true
+  arm_delay_s: 0
+  actions: [lamp]
+"""
+
+
+def test_away_level_alerts_follow_away_settings_not_the_level_gate() -> None:
+    # A -85 dBFS room, then a sound at -64 dBFS: below the gate's -60 dBFS limit, so the
+    # classifier stays idle, but above both `min_level_db: -70` and floor + margin_db 20.
+    x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-64.0, 1.0, 2)])
+    for extra in ("  min_level_db: -70\n", ""):
+        pipeline = Pipeline(parse_rules(AWAY_LEVEL + extra), ScriptedClassifier([]))
+        events = _run(pipeline, x)
+        alerts = [e for e in events if isinstance(e, Alert)]
+        assert len(alerts) == 1 and alerts[0].label is None, extra
+        assert alerts[0].sample > 5 * SR and alerts[0].level_db > -65.0
+        assert pipeline.stats.classifications == 0  # no classifier for the quiet sound
+    # Below the threshold nothing alerts: -70 dBFS is only 15 dB above the floor.
+    x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-70.0, 1.0, 2)])
+    assert not [e for e in _run(Pipeline(parse_rules(AWAY_LEVEL), None), x) if isinstance(e, Alert)]
+
+
+CLAP_RULES = "claps: {min_clap_score: 0.5}\n" + RULES
+
+
+def test_reload_applies_clap_overrides_that_equal_built_in_values() -> None:
+    # The model's metadata carries min_clap_score 0.7; writing 0.5 (the built-in default)
+    # overrules it, and deleting the line returns to the model's value, without a restart.
+    pipeline = Pipeline(parse_rules(RULES), ScriptedClassifier([], {"min_clap_score": 0.7}))
+    assert pipeline.claps.settings.min_clap_score == 0.7
+    pipeline.replace_rules(parse_rules(CLAP_RULES))
+    assert pipeline.claps.settings.min_clap_score == 0.5
+    listener = pipeline.claps
+    pipeline.replace_rules(parse_rules(CLAP_RULES + "  - {claps: 3, actions: [lamp: 'on']}\n"))
+    assert pipeline.claps is listener  # same effective settings: the detector stays
+    pipeline.replace_rules(parse_rules(RULES))
+    assert pipeline.claps.settings.min_clap_score == 0.7

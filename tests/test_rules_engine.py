@@ -171,6 +171,24 @@ def test_sound_rules_use_min_score_or_label_threshold():
     assert engine.handle(ModeChange(away=True, source="x", sample=5)) == []
 
 
+def test_a_sound_that_goes_on_fires_a_rule_once_even_without_cooldown():
+    # The pipeline hands the engine every classification above the lowest threshold, held
+    # back from publishing or not (sounds.hold_s 2 s). The dog rule (cooldown_s: 0) fires
+    # on the first window that reaches its 0.8, not on every window while the dog barks.
+    engine = RuleEngine(rules_from(), SR)
+    hop = SR // 2
+    scores = [0.7, 0.9, 0.85, 0.95, 0.9]  # the first one is below the rule's threshold
+    fired = [len(engine.handle(sound("dog", s, i * hop))) for i, s in enumerate(scores)]
+    assert fired == [0, 1, 0, 0, 0]
+    # 0.7 windows are not the rule's sound: 2 s of them and the next bark is new.
+    for i in range(5, 9):
+        assert engine.handle(sound("dog", 0.7, i * hop)) == []
+    assert len(engine.handle(sound("dog", 0.9, 9 * hop))) == 1
+    # A held window still counts as the sound going on; the glass rule (0.6) keeps its own.
+    assert engine.handle(sound("dog", 0.9, 9 * hop + 2 * SR - 1)) == []
+    assert len(engine.handle(sound("glass_breaking", 0.6, 9 * hop + 2 * SR - 1))) == 1
+
+
 TIMED = """\
 appliances:
   lamp: {preset: tasmota, topic: lamp}

@@ -59,6 +59,9 @@ class RuleEngine:
         self._rules = rules
         self._keys = _trigger_keys(rules)
         self._last_fired: dict[str, int] = {}
+        # Last sample at which each sound trigger (by key) heard its sound at its own
+        # min_score: within `sounds.hold_s` of it, the same sound is still going on.
+        self._heard: dict[str, int] = {}
         # Armed from the file at start counts as armed at sample 0: the arm delay still
         # applies, so a restart while someone is home does not alert at once.
         self._armed = rules.away.armed
@@ -101,6 +104,7 @@ class RuleEngine:
         keys = _trigger_keys(new_rules)
         keep = set(keys)
         self._last_fired = {k: v for k, v in self._last_fired.items() if k in keep}
+        self._heard = {k: v for k, v in self._heard.items() if k in keep}
         self._rules = new_rules
         self._keys = keys
 
@@ -114,9 +118,14 @@ class RuleEngine:
                 out += self._away_alert(event.sample, CLAP_LABEL, None, event.level_db)
             return out
         if isinstance(event, SoundEvent):
+            # The pipeline hands over every classification that reaches some threshold,
+            # published or held. A rule fires on the first that reaches its min_score, and
+            # a sound that goes on stays one firing (even with cooldown_s 0); AWAY has its
+            # cooldown, as for level readings.
             out = self._fire(
                 event.sample,
                 lambda t: t.sound == event.label and event.score >= self._min_score(t),
+                sound=True,
             )
             away = self._rules.away
             if away.counts(event.label) and event.score >= away.min_score:
@@ -129,11 +138,18 @@ class RuleEngine:
             return []
         return []
 
-    def _fire(self, sample: int, matches: Callable[[Trigger], bool]) -> list[Event]:
+    def _fire(
+        self,
+        sample: int,
+        matches: Callable[[Trigger], bool],
+        sound: bool = False,
+    ) -> list[Event]:
         out: list[Event] = []
         now = None
         for key, trig in zip(self._keys, self._rules.triggers, strict=True):
             if not trig.enabled or not matches(trig):
+                continue
+            if sound and not self._heard_anew(key, sample):
                 continue
             if trig.when:
                 now = now or self._clock()
@@ -166,6 +182,13 @@ class RuleEngine:
         return out
 
     # ----------------------------------------------------------------- helpers
+
+    def _heard_anew(self, key: str, sample: int) -> bool:
+        """Record that trigger `key` heard its sound at `sample`; False while it is the same
+        sound going on (heard less than `sounds.hold_s` before): a minute's bark is one."""
+        last = self._heard.get(key)
+        self._heard[key] = sample
+        return last is None or sample - last >= self._samples(self._rules.sounds.hold_s)
 
     def _min_score(self, trig: Trigger) -> float:
         if trig.min_score is not None:

@@ -165,7 +165,8 @@ class SoundSettings(StrictModel):
         ge=0.0,
         le=3600.0,
         description="Minimum time before the same label is reported again while it "
-        "goes on (a barking dog is one event, not one per classification).",
+        "goes on (a barking dog is one event, not one per classification); each sound "
+        "rule is held the same way from the first window that reaches its min_score.",
     )
 
     def threshold(self, label: str) -> float:
