@@ -318,7 +318,11 @@ def run_service(
         watcher=watcher,
     )
     runner.housekeeping = reloader.check
-    runner.status_note = lambda: reloader.last_error
+    runner.status_note = lambda: (
+        f"last edit of {rules_path.name} rejected: {reloader.last_error}"
+        if reloader.last_error
+        else None
+    )
     restore = install_handlers(on_stop=runner.stop, on_reload=reloader.request)
     sr = parts.pipeline.sample_rate
     spec: str | int | None = device if device is not None else parts.rules.audio.device

@@ -71,6 +71,9 @@ class Runner:
         #: Called once, when the first audio arrives: a microphone opens inside blocks(),
         #: so only then is the daemon really listening (systemd's READY=1).
         self.on_listening = on_listening
+        #: Something `systemctl status` must keep showing (the last rejected edit of
+        #: rules.yaml), or None; the periodic status line would otherwise replace it.
+        self.status_note: Callable[[], str | None] | None = None
         self.commands: queue.SimpleQueue[RemoteCommand] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._source: AudioSource | None = None
@@ -120,11 +123,13 @@ class Runner:
     def status_line(self, source: AudioSource) -> str:
         p = self.pipeline
         s = p.stats
-        return (
+        line = (
             f"level {p.level_db:.0f} dB (floor {p.noise_floor_db:.0f}); "
             f"{s.patterns} clap patterns, {s.sounds} sounds, {s.actions} actions; "
             f"AWAY {'armed' if p.engine.away else 'off'}; overflows {source.overflows}"
         )
+        note = self.status_note() if self.status_note is not None else None
+        return f"{line}; {note}" if note else line
 
     def _apply_commands(self) -> None:
         while True:
@@ -132,6 +137,17 @@ class Runner:
                 command = self.commands.get_nowait()
             except queue.Empty:
                 return
+            if command.retained:
+                # A retained command replays on every (re)connect and would undo whatever
+                # was set since: e.g. re-arm AWAY after each broker restart. Only live ones count.
+                log.warning(
+                    "MQTT: ignoring retained %s command on %s: a retained message is stored on "
+                    "that topic; clear it with: mosquitto_pub -r -n -t %s",
+                    command.kind,
+                    command.topic,
+                    command.topic,
+                )
+                continue
             if command.kind == "away":
                 self.set_away(command.value, "mqtt")
 

@@ -363,3 +363,28 @@ def test_replay_reads_in_the_live_block_size(shared_data: Path, tmp_path: Path) 
     events = json_events(replayed.getvalue())
     assert any(e["type"] == "sound" for e in events)
     assert events == json_events(live.getvalue())
+
+
+def test_status_keeps_showing_a_rejected_edit(tiny_onnx_model: Path, tmp_path: Path) -> None:
+    """`systemctl status` shows the last rejection until a good edit: the status line sent
+    every 10 s of audio used to replace it."""
+    rules = write_rules(tmp_path / "rules.yaml", port=1, model=tiny_onnx_model)
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(int(SR * 11.5), np.float32))
+    notify = NotifySocket(tmp_path)
+    daemon = Daemon(
+        ["run", "--rules", str(rules), "--input", str(wav)],
+        env={"NOTIFY_SOCKET": str(notify.path)},
+    )
+    try:
+        notify.wait_for("READY=1")
+        rules.write_text(rules.read_text().replace("claps: 3", "claps: zero"))
+        code, _, err = daemon.wait(timeout=60)
+    finally:
+        daemon.kill()
+        notify.close()
+    assert code == 0, err
+    status = [m for m in notify.messages if m.startswith("STATUS=")]
+    periodic = [m for m in status if m.startswith("STATUS=level ")]
+    assert any("rejected" in m for m in status) and len(periodic) >= 2, status
+    assert "last edit of rules.yaml rejected: " in periodic[-1], periodic[-1]
+    assert "triggers[1].claps" in periodic[-1]

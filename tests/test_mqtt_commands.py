@@ -10,6 +10,8 @@ import queue
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
+from claudio_daemon.events import Action
+from claudio_daemon.mqtt import publisher as publisher_module
 from claudio_daemon.mqtt.commands import (
     MAX_PAYLOAD_BYTES,
     CommandError,
@@ -19,8 +21,12 @@ from claudio_daemon.mqtt.commands import (
 )
 from claudio_daemon.mqtt.publisher import MqttPublisher
 from claudio_daemon.mqtt.settings import MqttSettings
+from tests.fixtures.broker import Subscriber
 
 TOPIC = "claudio/away/set"
+LAMP = "cmnd/lamp/POWER"
+#: 1008 bytes, under MAX_PAYLOAD_BYTES, yet deep enough to exhaust json's recursion limit.
+DEEP_JSON = b'{"away":' + b"[" * 1000
 
 
 @pytest.mark.parametrize(
@@ -76,6 +82,12 @@ def test_huge_payload_is_refused_before_decoding() -> None:
         parse_away(b"\xff" * 5000, TOPIC)
 
 
+def test_deeply_nested_json_is_a_command_error() -> None:
+    assert len(DEEP_JSON) <= MAX_PAYLOAD_BYTES
+    with pytest.raises(CommandError, match="nested too deeply"):
+        parse_away(DEEP_JSON, TOPIC)
+
+
 def test_retained_flag_is_carried() -> None:
     assert parse_away(b"ON", TOPIC, retained=True).retained is True
 
@@ -124,3 +136,53 @@ def test_only_valid_commands_reach_on_command(mosquitto, caplog) -> None:
     assert len(ignored) == len(bad)
     # The huge payload is logged truncated, never in full.
     assert all(len(r.getMessage()) < 300 for r in ignored)
+
+
+def _assert_client_still_works(
+    settings: MqttSettings, hostile: bytes, caplog, warning: str
+) -> None:
+    """After `hostile` on the command topic, commands still arrive and publishes still go out.
+
+    paho re-raises exceptions from callbacks, which would end its network thread for good.
+    """
+    received: queue.Queue[RemoteCommand] = queue.Queue()
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
+    publisher = MqttPublisher(settings, on_command=received.put)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(5) and publisher.wait_subscribed(5)
+        with Subscriber(settings.host, settings.port, [LAMP]) as sub:
+            sub.client.publish(TOPIC, hostile, qos=1).wait_for_publish(5)
+            sub.client.publish(TOPIC, b"ON", qos=1).wait_for_publish(5)
+            assert received.get(timeout=5).value is True
+            publisher.send_action(Action("lamp", "toggle", LAMP, "TOGGLE", 0, "claps:2"))
+            assert publisher.flush(5), "not acknowledged: paho's network thread is dead"
+            assert sub.wait_for(lambda m: m, 5)[0][1] == b"TOGGLE"
+        assert received.empty()
+    finally:
+        publisher.stop(timeout=2)
+    warnings = [r.getMessage() for r in caplog.records if warning in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert len(warnings[0]) < 300
+
+
+def test_deeply_nested_json_does_not_stop_the_client(mosquitto, caplog) -> None:
+    settings = MqttSettings(
+        host=mosquitto.host, port=mosquitto.port, client_id="cmd-deep", discovery={"enabled": False}
+    )
+    _assert_client_still_works(settings, DEEP_JSON, caplog, "nested too deeply")
+
+
+def test_any_failure_handling_a_message_stays_out_of_paho(mosquitto, caplog, monkeypatch) -> None:
+    real_parse = publisher_module.parse_away
+
+    def parse(payload: bytes, topic: str, *, retained: bool = False) -> RemoteCommand:
+        if payload == b"boom":
+            raise RuntimeError("unexpected bug")
+        return real_parse(payload, topic, retained=retained)
+
+    monkeypatch.setattr(publisher_module, "parse_away", parse)
+    settings = MqttSettings(
+        host=mosquitto.host, port=mosquitto.port, client_id="cmd-boom", discovery={"enabled": False}
+    )
+    _assert_client_still_works(settings, b"boom", caplog, "RuntimeError: unexpected bug")

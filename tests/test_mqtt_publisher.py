@@ -237,6 +237,31 @@ def test_started_while_broker_is_down(mosquitto, started, caplog) -> None:
         assert sub.wait_for(lambda m: m, 5)[0][1] == b"EARLY"
 
 
+def test_broker_outage_is_one_warning_not_an_error_per_retry(mosquitto, started, caplog) -> None:
+    # paho logs "Client is not connected" at ERROR on every reconnect attempt; with the
+    # defaults that is one ERROR a minute in the journal for as long as the broker is down.
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="claudio_daemon.mqtt.publisher.paho")
+    p = start(started, settings_for(mosquitto, reconnect_min_s=0.1, reconnect_max_s=0.2))
+    assert p.wait_connected(5)
+    mosquitto.stop()
+    time.sleep(2.5)  # ~10 reconnect attempts
+    mosquitto.start()
+    assert p.wait_connected(5)
+    paho = [r for r in caplog.records if r.getMessage().startswith("Client is not connected")]
+    assert paho, "expected paho's not-connected lines in the DEBUG trace"
+    assert all(r.levelno == logging.DEBUG for r in paho)
+    loud = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+    ]
+    errors = [m for m in loud if m.startswith(("ERROR", "CRITICAL"))]
+    # At most paho's one line about the dropped socket, whatever the number of retries.
+    assert len(errors) <= 1 and "not connected" not in "".join(errors), "\n".join(loud)
+    assert sum("cannot reach broker" in m for m in loud) == 1, "\n".join(loud)
+
+
 def test_mqtt_v5(mosquitto, started) -> None:
     p = start(started, settings_for(mosquitto, protocol="5"))
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP, "claudio/available"]) as sub:

@@ -9,6 +9,11 @@ from pydantic import ValidationError
 
 from claudio_daemon.mqtt.settings import MqttSettings
 from claudio_daemon.mqtt.topics import Topics
+from claudio_daemon.rules.loader import RulesError, parse_rules
+from claudio_daemon.rules.secrets import SecretError, resolve_secret
+
+#: What a user might paste into password_env by mistake.
+PASTED = "S3cr3t-Pa55!word"
 
 
 def test_defaults() -> None:
@@ -57,6 +62,37 @@ def test_bad_topic_prefix(prefix: str) -> None:
 def test_invalid_combinations(kwargs: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MqttSettings(**kwargs)
+
+
+def _rules_with_password_env() -> None:
+    parse_rules(
+        "mqtt:\n"
+        "  host: 127.0.0.1\n"
+        "  username: claudio\n"
+        f'  password_env: "{PASTED}"\n'
+        "appliances:\n"
+        "  lamp: {preset: tasmota, topic: lamp}\n"
+        "triggers:\n"
+        "  - claps: 2\n"
+        "    actions: [lamp: toggle]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("load", "error"),
+    [
+        (_rules_with_password_env, RulesError),
+        (lambda: MqttSettings(username="u", password_env=PASTED), ValidationError),
+        (lambda: resolve_secret(PASTED, None), SecretError),
+    ],
+    ids=["rules.yaml", "settings", "resolve_secret"],
+)
+def test_password_pasted_into_password_env_is_not_echoed(load, error) -> None:
+    with pytest.raises(error) as info:
+        load()
+    text = str(info.value)
+    assert "password_env" in text and "environment variable" in text
+    assert PASTED not in text, text
 
 
 def test_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

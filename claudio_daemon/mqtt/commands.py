@@ -70,6 +70,11 @@ def parse_away(payload: bytes, topic: str, *, retained: bool = False) -> RemoteC
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise CommandError(f"invalid JSON: {e.msg} at column {e.colno}") from e
+        except RecursionError as e:
+            # ~1000 '[' fit under MAX_PAYLOAD_BYTES and exhaust json's recursion limit.
+            raise CommandError("invalid JSON: nested too deeply") from e
+        except ValueError as e:  # anything else json may refuse: still just a bad command
+            raise CommandError(f"invalid JSON: {e}") from e
         if not isinstance(data, dict) or set(data) != {"away"}:
             raise CommandError('JSON command must be exactly {"away": true|false}')
         value = data["away"]

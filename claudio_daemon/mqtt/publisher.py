@@ -63,8 +63,15 @@ from claudio_daemon.mqtt.topics import OFFLINE, ONLINE, STATE_OFF, STATE_ON, Top
 log = logging.getLogger(__name__)
 
 
-def _drop_not_connected(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Client is not connected")
+def _demote_not_connected(record: logging.LogRecord) -> bool:
+    """paho logs "Client is not connected" at ERROR on every reconnect attempt while the
+    broker is down (and once more after a clean disconnect). The outage is already reported
+    once ("cannot reach broker"), so these go to DEBUG with the rest of paho's packet trace.
+    """
+    if record.levelno > logging.DEBUG and record.getMessage().startswith("Client is not connected"):
+        record.levelno = logging.DEBUG
+        record.levelname = logging.getLevelName(logging.DEBUG)
+    return True
 
 
 ClientFactory = Callable[[MqttSettings], mqtt.Client]
@@ -304,7 +311,9 @@ class MqttPublisher:
         configure_security(client, s)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._window)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))  # DEBUG: packet trace
+        paho_log = logging.getLogger(f"{__name__}.paho")  # DEBUG: packet trace
+        paho_log.addFilter(_demote_not_connected)  # once per logger: addFilter skips repeats
+        client.enable_logger(paho_log)
         self._client = client
         self._sender = threading.Thread(target=self._run_sender, name="mqtt-sender", daemon=True)
         self._sender.start()
@@ -359,14 +368,9 @@ class MqttPublisher:
         if self._sender is not None:
             self._sender.join(timeout=2.0)
         # paho's network thread may run once more after DISCONNECT has closed the socket and
-        # logs that as an error; on the way out it is expected, not news for the journal.
-        paho_log = logging.getLogger(f"{__name__}.paho")
-        paho_log.addFilter(_drop_not_connected)
-        try:
-            client.disconnect()
-            client.loop_stop()
-        finally:
-            paho_log.removeFilter(_drop_not_connected)
+        # logs "not connected"; _demote_not_connected (installed in start) keeps that quiet.
+        client.disconnect()
+        client.loop_stop()
         self._connected.clear()
         log.info("MQTT: disconnected")
         return delivered
@@ -665,6 +669,18 @@ class MqttPublisher:
         self._wake.set()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # paho re-raises exceptions from callbacks, which ends its network thread for good
+        # (no more sends, no reconnects): whatever a received message does, it must stop here.
+        try:
+            self._receive(msg)
+        except Exception as e:
+            log.warning(
+                "MQTT: ignored a received message that could not be handled (%s: %.200s)",
+                type(e).__name__,
+                e,
+            )
+
+    def _receive(self, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -678,7 +694,8 @@ class MqttPublisher:
                 shown = describe_payload(payload)
                 log.warning("MQTT: ignored command on %s: %s; payload %s", topic, e, shown)
                 return
-            log.info("MQTT: command away=%s from %s", command.value, topic)
+            kind = " (retained)" if command.retained else ""
+            log.info("MQTT: command away=%s from %s%s", command.value, topic, kind)
             if self._on_command is not None:
                 try:
                     self._on_command(command)

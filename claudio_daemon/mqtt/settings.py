@@ -15,7 +15,12 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from claudio_daemon.config_base import StrictModel
-from claudio_daemon.rules.secrets import PLAIN_SECRET_HELP, check_env_name, resolve_secret
+from claudio_daemon.rules.secrets import (
+    PLAIN_SECRET_HELP,
+    check_env_name,
+    is_env_name,
+    resolve_secret,
+)
 
 _TOPIC_LEVELS = re.compile(r"^[^#+\x00]+$")
 _NODE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -121,6 +126,10 @@ class MqttSettings(StrictModel):
         # Validation errors echo the input; never let a password reach the logs.
         if isinstance(data, dict) and data.get("password") is not None:
             data = {**data, "password": "<redacted>"}
+        # Not a variable name: most likely the password itself, pasted into password_env.
+        env = data.get("password_env") if isinstance(data, dict) else None
+        if isinstance(env, str) and env and not is_env_name(env):
+            data = {**data, "password_env": "<redacted>"}
         return data
 
     @field_validator("plain_password", mode="before")

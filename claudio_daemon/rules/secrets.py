@@ -31,12 +31,20 @@ class SecretError(ValueError):
     """A configured secret source is missing, unreadable or malformed (the message names it)."""
 
 
+def is_env_name(name: str) -> bool:
+    """True for a plausible environment variable name (letters, digits, '_'; no leading digit)."""
+    return bool(_ENV_NAME.match(name))
+
+
 def check_env_name(name: str) -> str:
-    """An environment variable *name*, not a value: catches a password pasted into password_env."""
-    if not _ENV_NAME.match(name):
+    """An environment variable *name*, not a value: catches a password pasted into password_env.
+
+    The message never quotes the value: when this fails, it most likely *is* the password.
+    """
+    if not is_env_name(name):
         raise SecretError(
-            f"{name!r} is not an environment variable name (letters, digits and '_'); "
-            "password_env holds the variable's name, not the password"
+            "password_env is not an environment variable name (letters, digits and '_'); it "
+            "holds the variable's name, not the password (value not shown in case it is one)"
         )
     return name
 
