@@ -291,6 +291,8 @@ def test_rules_reload_while_running(
         configs = {t: json.loads(p) for t, p, _ in ha.messages if p}
     assert "claps_4" in configs[f"homeassistant/event/{node}/claps/config"]["event_types"]
     assert f"homeassistant/device_automation/{node}/claps_4/config" in configs
+    # ...and that three claps do nothing now (removed: no retained config left).
+    assert f"homeassistant/device_automation/{node}/claps_3/config" not in configs
 
 
 def test_the_bundled_demo_does_what_the_quick_start_promises() -> None:

@@ -332,13 +332,17 @@ def test_refused_credentials_never_count_as_connected(mosquitto_auth, started, c
     caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
     monkeypatch.setenv("CLAUDIO_TEST_MQTT_PW", "wrong-" + mosquitto_auth.password)
     s = settings_for(mosquitto_auth, username="claudio", password_env="CLAUDIO_TEST_MQTT_PW")
+    caplog.set_level(logging.DEBUG, logger="claudio_daemon.mqtt.publisher")
     p = start(started, s)
-    assert not p.wait_connected(1.5)
+    assert not p.wait_connected(2.5)
     assert not p.connected
     refused = [r for r in caplog.records if "refused the connection" in r.getMessage()]
     assert refused and refused[0].levelno == logging.ERROR
     assert "authori" in refused[0].getMessage().lower()  # "Not authorized"
     assert mosquitto_auth.password not in caplog.text
+    # Retried every half second, told once: not an ERROR a minute all night.
+    again = [r for r in caplog.records if "refused again" in r.getMessage()]
+    assert len(again) >= 2 and len(refused) == 1, (len(again), len(refused))
 
 
 def test_password_from_env(mosquitto_auth, started, monkeypatch) -> None:
@@ -361,6 +365,18 @@ def test_password_from_credentials_file(mosquitto_auth, started, tmp_path, monke
 def test_tls_with_private_ca(mosquitto_tls, started) -> None:
     s = settings_for(mosquitto_tls, tls={"enabled": True, "ca_file": mosquitto_tls.ca_file})
     _assert_delivers(mosquitto_tls, start(started, s))
+
+
+def test_tls_files_from_the_credentials_directory(
+    mosquitto_tls, started, tmp_path, monkeypatch
+) -> None:
+    """systemd's LoadCredential= can hand over the CA (or a client key) as for the password."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-ca.pem").write_bytes(Path(mosquitto_tls.ca_file).read_bytes())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    tls = {"enabled": True, "ca_file": "${CREDENTIALS_DIRECTORY}/mqtt-ca.pem"}
+    _assert_delivers(mosquitto_tls, start(started, settings_for(mosquitto_tls, tls=tls)))
 
 
 def test_tls_refuses_an_unknown_ca(mosquitto_tls, started, tmp_path) -> None:

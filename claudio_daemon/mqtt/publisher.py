@@ -59,6 +59,7 @@ from claudio_daemon.mqtt.commands import CommandError, RemoteCommand, describe_p
 from claudio_daemon.mqtt.discovery import discovery_messages
 from claudio_daemon.mqtt.settings import MqttSettings
 from claudio_daemon.mqtt.topics import OFFLINE, ONLINE, STATE_OFF, STATE_ON, Topics, clap_event_type
+from claudio_daemon.rules.secrets import expand_path
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +133,20 @@ def configure_security(client: mqtt.Client, settings: MqttSettings) -> None:
     tls = settings.tls
     if not tls.enabled:
         return
+    files: dict[str, str | None] = {}
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, name)
-        if path is not None and not path.is_file():
-            raise ValueError(f"mqtt.tls.{name}: {path} does not exist")
+        if path is not None:
+            # As for password_file: a client key handed over by LoadCredential= lives
+            # under ${CREDENTIALS_DIRECTORY}.
+            path = expand_path(path)
+            if not path.is_file():
+                raise ValueError(f"mqtt.tls.{name}: {path} does not exist")
+        files[name] = str(path) if path is not None else None
     client.tls_set(
-        ca_certs=str(tls.ca_file) if tls.ca_file else None,
-        certfile=str(tls.cert_file) if tls.cert_file else None,
-        keyfile=str(tls.key_file) if tls.key_file else None,
+        ca_certs=files["ca_file"],
+        certfile=files["cert_file"],
+        keyfile=files["key_file"],
         cert_reqs=ssl.CERT_REQUIRED,
     )
     if tls.insecure:
@@ -268,6 +275,7 @@ class MqttPublisher:
         self._discovery_due = False
         self._stopping = False
         self._reported_unreachable = False
+        self._reported_refusal: str | None = None
 
         self._client: mqtt.Client | None = None
         self._sender: threading.Thread | None = None
@@ -427,7 +435,14 @@ class MqttPublisher:
         """
         if not self.settings.discovery.enabled:
             return
-        self._discovery = list(messages)
+        new = list(messages)
+        gone = {t for t, _ in self._discovery} - {t for t, _ in new}
+        self._discovery = new
+        with self._lock:
+            # What a reload took away (a clap count no rule uses now): an empty retained
+            # config is how Home Assistant is told to remove the entity or trigger.
+            for topic in sorted(gone):
+                self._put_locked(topic, b"", Priority.STATE, True, topic)
         self._enqueue_discovery()
 
     def configure_discovery(
@@ -617,8 +632,22 @@ class MqttPublisher:
         s = self.settings
         if reason.is_failure:
             self._connected.clear()
-            log.error("MQTT: broker %s:%d refused the connection: %s", s.host, s.port, reason)
+            # A wrong password is refused on every retry: the journal hears it once (again
+            # only if the reason changes), like an unreachable broker.
+            text = str(reason)
+            if text != self._reported_refusal:
+                self._reported_refusal = text
+                log.error(
+                    "MQTT: broker %s:%d refused the connection: %s; retrying, queued messages "
+                    "are kept",
+                    s.host,
+                    s.port,
+                    reason,
+                )
+            else:
+                log.debug("MQTT: refused again: %s", reason)
             return
+        self._reported_refusal = None
         # Time first: the sender reads the generation, then the time, without a lock.
         self._connected_at = time.monotonic()
         self._generation += 1
