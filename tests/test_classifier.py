@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.features.logmel import logmel_clip
 from claudio_daemon.model.classifier import ModelLoadError, OnnxClassifier
 from tests.fixtures.onnx_model import (
@@ -122,3 +124,70 @@ def test_cuda_request(tiny_onnx_model: Path) -> None:
     else:
         with pytest.raises(ModelLoadError, match="no CUDA provider"):
             OnnxClassifier(tiny_onnx_model, device="cuda")
+
+
+def _model_with_frontend(tmp_path: Path, frontend_json: str) -> Path:
+    path = build_tiny_onnx_model(tmp_path / "fe.onnx")
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "claudio.frontend":
+            prop.value = frontend_json
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"std": 0.0}, "std"),  # would load and score every window NaN
+        ({"std": -20.0}, "std"),  # would load with inverted scores
+        ({"std": float("nan")}, "std"),  # JSON NaN
+        ({"mean": None}, "mean"),  # would load and score every window NaN
+        ({"mean": True}, "mean"),
+        ({"hop_length": 0}, "hop_length"),  # ZeroDivisionError traceback
+        ({"n_fft": 256}, "hop_length"),  # hop 512 > n_fft: crash on the first audio block
+        ({"n_mels": -1}, "n_mels"),
+        ({"sample_rate": "22050"}, "sample_rate"),  # TypeError traceback
+        ({"f_max": 20000.0}, "f_max"),  # above Nyquist at 22,050 Hz
+        ({"f_min": 10000.0}, "f_min"),
+        ({"mel_scale": "slaney"}, "mel_scale"),  # ValueError only when the pipeline is built
+        ({"power": 1.0}, "power"),
+        ({"center": "yes"}, "center"),
+        ({"clip_seconds": 0.01}, "clip_seconds"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_frontend_metadata_is_refused_at_load(tmp_path: Path, change: dict, field: str) -> None:
+    bad = {**json.loads(TINY_FRONTEND.to_json()), **change}
+    path = _model_with_frontend(tmp_path, json.dumps(bad))
+    with pytest.raises(ModelLoadError, match=rf"fe\.onnx: claudio\.frontend: .*{field}"):
+        OnnxClassifier(path, device="cpu")
+
+
+def test_frontend_metadata_missing_the_statistics_is_refused(tmp_path: Path) -> None:
+    # Defaults would silently feed the model un-normalised input (mean 0, std 1).
+    data = json.loads(TINY_FRONTEND.to_json())
+    del data["mean"], data["std"]
+    path = _model_with_frontend(tmp_path, json.dumps(data))
+    with pytest.raises(ModelLoadError, match=r"fe\.onnx: .*missing.*\['mean', 'std'\]"):
+        OnnxClassifier(path, device="cpu")
+
+
+def test_valid_frontend_metadata_still_loads(tmp_path: Path) -> None:
+    # What training/export.py writes (FrontEndConfig.to_json), with whole numbers written
+    # as JSON integers and `extra` left out, loads as the same front end.
+    data = json.loads(TINY_FRONTEND.to_json())
+    data.update(f_min=100, f_max=10000, top_db=80, std=20)
+    del data["extra"]
+    clf = OnnxClassifier(_model_with_frontend(tmp_path, json.dumps(data)), device="cpu")
+    assert clf.frontend == TINY_FRONTEND and clf.frontend.to_json() == TINY_FRONTEND.to_json()
+    assert FrontEndConfig.from_json(FrontEndConfig().to_json()) == FrontEndConfig()
+
+
+def test_shipped_model_loads() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "models" / "claudio-esc50-se_resnet18.onnx"
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} not present")
+    fe = OnnxClassifier(shipped, device="cpu").frontend
+    assert (fe.sample_rate, fe.n_mels, fe.n_frames, fe.mel_scale) == (22050, 128, 256, "htk")
+    assert fe.std > 0

@@ -92,9 +92,17 @@ class ModelMetadata:
                 clap_check = parse_clap_check(json.loads(props.get(PREFIX + "clap_check", "{}")))
             except ModelMetadataError as exc:
                 raise ModelMetadataError(f"{source}: {exc}") from None
+            try:
+                frontend = FrontEndConfig.from_json(need("frontend"))
+            except ValueError as exc:
+                if isinstance(exc, ModelMetadataError):
+                    raise
+                # Refuse at load: a bad std or hop would otherwise load fine and give NaN
+                # scores (rules that never fire) or crash on the first audio block.
+                raise ModelMetadataError(f"{source}: {PREFIX}frontend: {exc}") from None
             return cls(
                 labels=tuple(labels),
-                frontend=FrontEndConfig.from_json(need("frontend")),
+                frontend=frontend,
                 model_name=need("model_name"),
                 training_data=json.loads(props.get(PREFIX + "training_data", "{}")),
                 output=output,
