@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
@@ -27,6 +28,12 @@ from bench.scenes import (
 )
 from claudio_daemon.calibrate.measure import ClapReport, NoiseReport, analyse, propose
 from claudio_daemon.calibrate.model import apply_calibration, load_calibration
+from claudio_daemon.calibrate.session import (
+    CalibrateOptions,
+    CalibrationFailed,
+    Result,
+    run_calibration,
+)
 from claudio_daemon.detect.claps import HOP, ClapCandidate, ClapDetector, highpass_fir
 from claudio_daemon.detect.settings import ClapSettings
 from tests.fixtures.pulse import PulseServer
@@ -321,3 +328,79 @@ def test_live_calibration_through_pulseaudio(
     assert "Listening on" in "".join(err_lines) and "pulse" in "".join(err_lines)
     _check_calibration(out, recording, stdout)
     assert load_calibration(out).device == "pulse"
+
+
+@pytest.fixture(scope="module")
+def claps_and_rain(shared_data: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    root = shared_data / "esc50-16k-folds123"
+    claps = [c for c in cut_single_claps(root) if clap_shaped(c)] or _energy_cut_claps(root)
+    return claps, load_backgrounds(root, ["rain"], per_category=1)[0]
+
+
+def _calibrate_scene(
+    tmp_path: Path, rules_file: Path, audio: np.ndarray
+) -> tuple[Result | CalibrationFailed, str]:
+    wav = tmp_path / "scene.wav"
+    sf.write(str(wav), audio, SAMPLE_RATE, subtype="FLOAT")
+    opts = CalibrateOptions(rules=rules_file, input_file=wav, yes=True, out=tmp_path / "c.yaml")
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        return run_calibration(opts, out=out, err=err, stdin_interactive=False), err.getvalue()
+    except CalibrationFailed as exc:
+        return exc, err.getvalue()
+
+
+def test_one_early_clap_in_the_quiet_phase_does_not_hide_the_claps(
+    claps_and_rain: tuple[list[np.ndarray], np.ndarray], rules_file: Path, tmp_path: Path
+) -> None:
+    # The user claps once at 2.3 s, before the "Now clap" prompt at 3 s, then 4 times: the
+    # early clap, as loud as the others, used to set the bar they had to clear (+3 dB), so
+    # all 4 were rejected with "clap closer and louder, check the gain".
+    claps, rain = claps_and_rain
+    scene = make_pattern_scene(
+        claps, 5, [1.2, *GAPS], rain, 20.0, np.random.default_rng(0), lead_s=2.3, tail_s=2.0
+    )
+    result, err = _calibrate_scene(tmp_path, rules_file, scene.audio)
+    assert isinstance(result, Result), result
+    assert result.noise.early_claps == 1
+    assert result.claps.count == 4
+    found = [c.sample for c in result.claps.claps]
+    for got, want in zip(found, scene.clap_samples[1:], strict=True):
+        assert abs(got - want) < 0.01 * SAMPLE_RATE
+    # The room's own level is still what the threshold is set against, and the user is
+    # told why the measurement had to skip a sound.
+    cal = result.proposal.calibration
+    assert cal.noise_floor_db + cal.onset_threshold_db < cal.clap_level_db - 3.0
+    assert result.noise.clap_bar_db < cal.clap_level_db - 10.0
+    assert "keep quiet until you are prompted" in err and "before the prompt" in err
+
+
+def test_claps_no_louder_than_the_quiet_phase_get_quiet_phase_advice(
+    claps_and_rain: tuple[list[np.ndarray], np.ndarray], rules_file: Path, tmp_path: Path
+) -> None:
+    # Clapping through the whole quiet phase (more than MAX_EARLY_CLAPS sounds, like a
+    # loud clock) still raises the bar, so the later claps, no louder, are not counted;
+    # the advice names the quiet phase, not the microphone's gain.
+    claps, rain = claps_and_rain
+    gaps = [0.6, 0.6, 0.6, 1.0, *GAPS]
+    scene = make_pattern_scene(
+        claps, 8, gaps, rain, 20.0, np.random.default_rng(1), lead_s=0.9, tail_s=2.0
+    )
+    result, _ = _calibrate_scene(tmp_path, rules_file, scene.audio)
+    assert isinstance(result, CalibrationFailed), result
+    msg = str(result)
+    assert result.code == 1
+    assert "keep quiet until you are prompted" in msg and "quiet background phase" in msg
+    assert not re.search(r"\b(gain|closer)\b", msg), msg
+
+
+def test_early_clap_warning_in_the_proposal() -> None:
+    noise = NoiseReport(3.0, -60.0, -58.0, -50.0, 8.0, -30.0, 3, 2, early_claps=1)
+    claps = ClapReport(
+        4, SAMPLE_RATE, 5.0, tuple(_cand(s, -25.0) for s in (0, 6615, 13230, 19845)), 0, -10.0
+    )
+    p = propose(noise, claps, ClapSettings(), device="mic", sample_rate=SAMPLE_RATE)
+    assert len(p.warnings) == 2
+    assert "1 clap-like sound(s) as loud as a clap" in p.warnings[0]
+    assert "keep quiet until you are prompted" in p.warnings[0]
+    assert p.warnings[1].startswith("heard 1 clap-like sound(s) while measuring")

@@ -22,6 +22,12 @@ Why it is built this way:
   detector's `is_clap`) and their loudness: clearly above the background floor, louder
   than any clap-like sound the background made by itself during the quiet phase (rain
   drops, a ticking clock), and within CLAP_WINDOW_DB of the loudest clap.
+* One or two clap-like sounds of the quiet phase that are as loud as the claps and stand
+  far above everything else the room did then are taken for the user clapping before the
+  prompt, not for the room (`early_claps`): they are left out of that bar and of the
+  background's level statistics, else the real claps, as loud as the early one, would all
+  be rejected with the wrong advice (clap louder, check the gain). They are still
+  reported, so the user hears to keep quiet until prompted.
 
 The proposal (`propose`) explains itself in `Proposal.notes`; see its docstring for the
 threshold and gap logic.
@@ -54,6 +60,12 @@ CLAP_WINDOW_DB = 10.0
 MIN_CLAP_RISE_DB = 10.0
 #: ... and this far above the loudest clap-shaped sound the background made by itself.
 OVER_BACKGROUND_DB = 3.0
+#: At most this many quiet-phase clap-like sounds can be an early clap (a clap or two before
+#: the prompt); more is the room itself (a loud clock), which the claps must stand above.
+MAX_EARLY_CLAPS = 2
+#: An early clap's frames (from its onset, at least this long, more for a long decay) are
+#: left out of the background's level statistics.
+EARLY_CLAP_SPAN_S = 0.3
 #: The threshold lets a clap this much softer than the softest measured one through.
 CLAP_SPREAD_DB = 6.0
 #: The background alone should stay at least this far below the threshold.
@@ -96,6 +108,13 @@ class NoiseReport:
     transients: int
     #: Of those, how many the configured detector would have taken for claps.
     clap_like: int
+    #: Of the clap-like ones, those as loud as the claps and CLAP_WINDOW_DB above all the
+    #: others: the user clapping before the prompt; left out of `clap_bar_db`, `level_db`
+    #: and `upper_db`.
+    early_claps: int = 0
+    #: The level (dBFS) a clap had to reach: MIN_CLAP_RISE_DB above the floor and
+    #: OVER_BACKGROUND_DB above the room's own clap-like sounds (early claps left out).
+    clap_bar_db: float = -120.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,10 @@ class ClapReport:
     #: Other transients in the phase (wrong shape, or far quieter than the claps).
     others: int
     peak_dbfs: float
+    #: Clap-shaped transients of the phase loud enough for a clap over the floor, but not
+    #: louder than the quiet phase's clap-like sounds (`NoiseReport.clap_bar_db`): claps
+    #: lost to a noisy or not-quiet background phase, not to a weak microphone.
+    below_bar: int = 0
 
     @property
     def count(self) -> int:
@@ -184,7 +207,8 @@ class Measurer:
         self.detector = ClapDetector(measuring_settings(settings), self.sample_rate)
         self._settle = int(SETTLE_S * self.sample_rate)
         self._noise = np.zeros(self.noise_samples, dtype=np.float32)
-        self._levels: np.ndarray | None = None  # background frame levels, once complete
+        # Background frame levels and their first samples, once the phase is complete.
+        self._levels: tuple[np.ndarray, np.ndarray] | None = None
         self._candidates: list[ClapCandidate] = []
         self._seen = 0
         self._skipped = 0
@@ -231,6 +255,10 @@ class Measurer:
     def _frame_levels(self) -> np.ndarray:
         """Per-frame levels (dB) of the high-passed background after the settling time,
         on the detector's frame grid; digital silence (dropouts) left out."""
+        return self._framed()[0]
+
+    def _framed(self) -> tuple[np.ndarray, np.ndarray]:
+        """`_frame_levels` and each frame's first sample."""
         if self._levels is not None:
             return self._levels
         n = min(self._seen, self.noise_samples)
@@ -243,14 +271,67 @@ class Measurer:
         skip = min(self._settle // HOP, max(0, len(frames) - 8))
         power = np.mean(frames[skip:] ** 2, axis=1)
         levels = 10.0 * np.log10(np.maximum(power, 1e-12))
-        levels = levels[levels > -119.0]
+        starts = (np.arange(levels.size) + skip) * HOP
+        live = levels > -119.0
+        framed = (levels[live], starts[live])
         if n == self.noise_samples:
-            self._levels = levels
-        return levels
+            self._levels = framed
+        return framed
+
+    def _room_levels(self) -> np.ndarray:
+        """`_frame_levels` without the frames of early claps (`_split_background`).
+
+        The background's rise (`upper_db`, its 99.5th percentile: the top frame or two of
+        a few seconds) sets the lowest onset threshold; a clap's frames in it would put
+        the threshold above the claps themselves.
+        """
+        levels, starts = self._framed()
+        keep = np.ones(levels.size, dtype=bool)
+        for c in self._split_background()[1]:
+            span = max(EARLY_CLAP_SPAN_S, 2.0 * (c.rise_ms + c.decay_ms) / 1000.0)
+            end = c.sample + int(span * self.sample_rate)
+            keep &= (starts + HOP <= c.sample - 2 * HOP) | (starts >= end)
+        return levels[keep]
 
     def _floor_db(self) -> float:
         levels = self._frame_levels()
         return float(np.percentile(levels, FLOOR_PERCENTILE)) if levels.size else -120.0
+
+    def _split_background(self) -> tuple[list[ClapCandidate], list[ClapCandidate]]:
+        """The quiet phase's clap-like sounds, loudest first: (the room's own, early claps).
+
+        Early claps are the loudest one or two (MAX_EARLY_CLAPS) when they stand
+        CLAP_WINDOW_DB above every other clap-like sound of the phase and above the
+        level a clap needs anyway, and are as loud as the claps (no more than
+        CLAP_WINDOW_DB below the loudest clap-shaped sound of the clapping phase): a rain
+        drop or clock tick as loud as a clap comes with siblings of about its level, a
+        clap made before the prompt does not, and a lone tick far below the claps is the
+        room, which the threshold must stay above.
+        """
+        found = sorted(
+            (c for c in self._background_candidates() if c.is_clap),
+            key=lambda c: c.level_db,
+            reverse=True,
+        )
+        need = self._floor_db() + MIN_CLAP_RISE_DB
+        claps = [c.level_db for c in self._clap_phase() if c.is_clap and c.level_db >= need]
+        if not claps:
+            return found, []
+        as_loud = max(claps) - CLAP_WINDOW_DB
+        for k in range(1, min(MAX_EARLY_CLAPS, len(found)) + 1):
+            rest = found[k].level_db if k < len(found) else -math.inf
+            quietest = found[k - 1].level_db
+            if quietest >= max(rest, need) + CLAP_WINDOW_DB and quietest >= as_loud:
+                return found[k:], found[:k]
+        return found, []
+
+    def _clap_bar_db(self) -> float:
+        """The level a clap of the clapping phase must reach (see `NoiseReport.clap_bar_db`)."""
+        room, _ = self._split_background()
+        return max(
+            self._floor_db() + MIN_CLAP_RISE_DB,
+            max((c.level_db for c in room), default=-120.0) + OVER_BACKGROUND_DB,
+        )
 
     def _background_candidates(self) -> list[ClapCandidate]:
         """Transients of the quiet phase, after the start-up (a driver's fade-in or a
@@ -266,11 +347,7 @@ class Measurer:
         """The claps heard so far in the clapping phase (as `clap_report` would pick them)."""
         if self._seen <= self.noise_samples:
             return []
-        background = [c.level_db for c in self._background_candidates() if c.is_clap]
-        bar = max(
-            self._floor_db() + MIN_CLAP_RISE_DB,
-            max(background, default=-120.0) + OVER_BACKGROUND_DB,
-        )
+        bar = self._clap_bar_db()
         shaped = [c for c in self._clap_phase() if c.is_clap and c.level_db >= bar]
         if not shaped:
             return []
@@ -280,7 +357,7 @@ class Measurer:
     def noise_report(self) -> NoiseReport:
         n = min(self._seen, self.noise_samples)
         sr = self.sample_rate
-        levels = self._frame_levels()
+        levels = self._room_levels()
         floor = self._floor_db()
         s = self.settings
         background = self._background_candidates()
@@ -301,11 +378,14 @@ class Measurer:
                 and c.level_db >= floor + s.onset_threshold_db
                 and c.level_db >= s.min_level_db
             ),
+            early_claps=len(self._split_background()[1]),
+            clap_bar_db=self._clap_bar_db(),
         )
 
     def clap_report(self, asked: int) -> ClapReport:
         claps = self.current_claps()
         clap_samples = max(0, self._seen - self.noise_samples)
+        need, bar = self._floor_db() + MIN_CLAP_RISE_DB, self._clap_bar_db()
         return ClapReport(
             asked=asked,
             sample_rate=self.sample_rate,
@@ -313,6 +393,7 @@ class Measurer:
             claps=tuple(sorted(claps, key=lambda c: c.sample)),
             others=len(self._clap_phase()) - len(claps),
             peak_dbfs=_db(self._clap_peak**2) if clap_samples else -120.0,
+            below_bar=sum(1 for c in self._clap_phase() if c.is_clap and need <= c.level_db < bar),
         )
 
 
@@ -392,10 +473,16 @@ def propose(
         )
     if max(noise.peak_dbfs, claps.peak_dbfs) >= CLIP_DBFS:
         warnings.append("the input clipped (reached full scale): lower the microphone gain")
-    if noise.clap_like:
+    if noise.early_claps:
         warnings.append(
-            f"heard {noise.clap_like} clap-like sound(s) while measuring the background: "
-            "the room should be quiet then"
+            f"heard {noise.early_claps} clap-like sound(s) as loud as a clap while measuring "
+            "the background (a clap before the prompt?): left out of the measurement; "
+            "keep quiet until you are prompted to clap"
+        )
+    if noise.clap_like > noise.early_claps:
+        warnings.append(
+            f"heard {noise.clap_like - noise.early_claps} clap-like sound(s) while measuring "
+            "the background: the room should be quiet then"
         )
     if claps.count != claps.asked:
         warnings.append(f"asked for {claps.asked} claps but heard {claps.count}")

@@ -293,6 +293,17 @@ def _summary(
 
 
 def _no_claps_message(claps: ClapReport, noise: NoiseReport, seconds: float) -> str:
+    """Why no claps counted, with advice that fits: after clap-like sounds in the quiet
+    phase the claps had to beat those, and "clap louder, check the gain" would mislead."""
+    if claps.below_bar:
+        return (
+            f"no claps heard in the {seconds:.1f} s after the background phase: "
+            f"{claps.below_bar} clap-like sound(s) there were no louder than the clap-like "
+            f"sound(s) heard during the quiet background phase (claps had to reach "
+            f"{noise.clap_bar_db:.1f} dBFS; background floor {noise.floor_db:.1f} dBFS). "
+            "Start again and keep quiet until you are prompted to clap, away from ticking or "
+            "tapping sounds; nothing was written"
+        )
     return (
         f"no claps heard in the {seconds:.1f} s after the background phase "
         f"(loudest sound {claps.peak_dbfs:.1f} dBFS peak, background floor "
