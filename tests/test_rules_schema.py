@@ -259,6 +259,22 @@ def test_duplicate_key_rejected():
     ]
 
 
+def test_an_alias_to_itself_is_a_line_not_a_crash():
+    """`&x [*x]` builds a value that contains itself: it crashed check and start-up with a
+    RecursionError."""
+    lines = problems(BASE + "triggers: &loop\n  - *loop\n")
+    assert lines == [
+        "rules.yaml:8: this YAML anchor (&name) contains an alias to itself (*name): "
+        "a value cannot include itself"
+    ]
+    # Aliases that do not loop are fine (and common: shared actions).
+    rules = parse(
+        BASE + "triggers:\n  - {claps: 2, actions: &a [lamp: toggle]}\n"
+        "  - {claps: 3, actions: *a}\n"
+    )
+    assert rules.triggers[0].actions == rules.triggers[1].actions
+
+
 def test_empty_and_non_mapping_files(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# only a comment\n")

@@ -138,6 +138,33 @@ def _construct(node: Node) -> Any:
         loader.dispose()
 
 
+def _self_reference(node: Node, inside: set[int] | None = None) -> Node | None:
+    """A node that contains itself through an alias (`a: &x [*x]`), or None.
+
+    PyYAML builds such a graph happily; every walk over it (and pydantic) would recurse
+    until Python gives up, so it is refused first, with its line.
+    """
+    inside = set() if inside is None else inside
+    if id(node) in inside:
+        return node
+    if not isinstance(node, MappingNode | SequenceNode):
+        return None
+    inside.add(id(node))
+    children = (
+        [n for pair in node.value for n in pair]
+        if isinstance(node, MappingNode)
+        else list(node.value)
+    )
+    try:
+        for child in children:
+            found = _self_reference(child, inside)
+            if found is not None:
+                return found
+    finally:
+        inside.discard(id(node))
+    return None
+
+
 def _duplicate_keys(node: Node, path: list[str | int], out: list[Problem]) -> None:
     if isinstance(node, MappingNode):
         seen: dict[str, int] = {}
@@ -292,6 +319,19 @@ def parse_rules(text: str, path: str | Path = "rules.yaml") -> RulesFile:
                     "",
                     "the top level must be a mapping of sections (mqtt:, appliances:, "
                     "triggers:, away: ...)",
+                )
+            ],
+        )
+    loop = _self_reference(root)
+    if loop is not None:
+        raise RulesError(
+            path,
+            [
+                Problem(
+                    loop.start_mark.line + 1,
+                    "",
+                    "this YAML anchor (&name) contains an alias to itself (*name): "
+                    "a value cannot include itself",
                 )
             ],
         )

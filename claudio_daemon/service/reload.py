@@ -6,8 +6,8 @@ every filesystem (NFS, bind mounts, a Pi's SD card) and sees editors that replac
 rename, which an inotify watch on the old inode would miss.
 
 A broken edit never replaces working rules: the loader's error is logged as one line and the
-previous rules keep running. `apply` only swaps a reference, so nothing queued (MQTT messages,
-pending claps) is touched by a reload.
+previous rules keep running. `apply` swaps the rules, so nothing queued (MQTT messages) is
+touched by a reload; claps in progress are kept too unless the `claps:` settings changed.
 """
 
 from __future__ import annotations
