@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -175,14 +176,24 @@ class Assembly:
     pipeline: Pipeline
 
 
-def assemble(rules_path: Path, model_path: Path | None, *, use_classifier: bool = True) -> Assembly:
+def assemble(
+    rules_path: Path,
+    model_path: Path | None,
+    *,
+    use_classifier: bool = True,
+    starts_at: datetime | None = None,
+) -> Assembly:
+    """The daemon's parts; `starts_at`: the time of day the audio begins at (a replay),
+    else `when` windows follow the wall clock."""
     try:
         rules = load_rules(rules_path)
         classifier = load_classifier(rules, model_path) if use_classifier else None
         require_labels(rules, rules_path, classifier.labels if classifier else None)
     except RulesError as exc:
         raise UserError(str(exc)) from exc
-    pipeline = Pipeline(rules, classifier, calibration=load_calibration_for(rules))
+    pipeline = Pipeline(
+        rules, classifier, calibration=load_calibration_for(rules), starts_at=starts_at
+    )
     return Assembly(rules, classifier, pipeline)
 
 
@@ -260,8 +271,16 @@ def run_replay(
     realtime: bool = False,
     publish: bool = False,
     use_classifier: bool = True,
+    starts_at: datetime | None = None,
 ) -> Runner:
-    parts = assemble(rules_path, model_path, use_classifier=use_classifier)
+    """`starts_at`: the time of day the recording begins at (default: now); `when`
+    windows then follow the recording's own time, as fast as it is replayed."""
+    parts = assemble(
+        rules_path,
+        model_path,
+        use_classifier=use_classifier,
+        starts_at=starts_at or datetime.now(),
+    )
     runner = Runner(parts.pipeline, json_out=json_out, json_levels=json_levels)
     try:
         # The live block size: the pipeline classifies once a block, so a replay in other

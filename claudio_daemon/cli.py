@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -40,7 +41,7 @@ LogOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -90,10 +91,19 @@ def replay(
     no_classifier: Annotated[
         bool, typer.Option("--no-classifier", help="Claps only, no sound recognition.")
     ] = False,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help='Time of day the recording starts at, "HH:MM" or "YYYY-MM-DD HH:MM", for '
+            "rules with `when` windows (default: now).",
+        ),
+    ] = None,
     log_level: LogOpt = "warning",
 ) -> None:
     """Run a recording through the live pipeline, as fast as possible by default."""
     app.setup_logging(log_level)
+    starts_at = _start_time(at) if at is not None else None
     try:
         app.run_replay(
             file,
@@ -104,9 +114,23 @@ def replay(
             realtime=realtime,
             publish=publish,
             use_classifier=not no_classifier,
+            starts_at=starts_at,
         )
     except app.UserError as exc:
         _fail(str(exc))
+
+
+def _start_time(text: str) -> datetime:
+    """--at: a time today, or a date and time."""
+    for fmt in ("%H:%M", "%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S"):
+        try:
+            parsed = datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+        if "%Y" not in fmt:
+            parsed = datetime.combine(date.today(), parsed.time())
+        return parsed
+    _fail(f'--at {text!r}: give a time of day "HH:MM" or a date and time "YYYY-MM-DD HH:MM"')
 
 
 @cli.command()

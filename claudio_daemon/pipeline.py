@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -60,8 +60,14 @@ class Pipeline:
         *,
         calibration: Calibration | None = None,
         frontend: FrontEndConfig | None = None,
-        clock: Callable[[], datetime] = datetime.now,
+        clock: Callable[[], datetime] | None = None,
+        starts_at: datetime | None = None,
     ) -> None:
+        """`clock` gives the time of day for `when` windows (the wall clock by default);
+        `starts_at` instead makes it the time the audio's first sample stands for, advanced
+        by the samples heard, so a replay meets the same windows whenever it is run."""
+        if clock is None:
+            clock = datetime.now if starts_at is None else self._audio_clock(starts_at)
         self.classifier = classifier
         self.calibration = calibration
         cfg = classifier.frontend if classifier is not None else (frontend or FrontEndConfig())
@@ -91,7 +97,8 @@ class Pipeline:
                     ", ".join(f"{k} {v:g}" for k, v in sorted(taken.items())),
                 )
         self._set_thresholds(rules)
-        self._last_classified = -(10**12)
+        #: Whether the gate was open since the last classification point.
+        self._active = False
         self._last_reported: dict[str, int] = {}
         self._last_level_report = -(10**12)
         self._level_db = -120.0
@@ -124,8 +131,13 @@ class Pipeline:
                 thresholds[label] = min(thresholds[label], rules.away.min_score)
         self._thresholds = thresholds
 
+    def _audio_clock(self, start: datetime) -> Callable[[], datetime]:
+        return lambda: start + timedelta(seconds=self.stats.samples / self.sample_rate)
+
     def replace_rules(self, rules: RulesFile) -> None:
-        """Live reload: keeps AWAY state, cooldowns, and the detector's noise floor."""
+        """Live reload: keeps AWAY state and cooldowns, and the clap detector with its noise
+        floor and any claps in progress unless the clap settings changed (then a fresh one,
+        which relearns the floor within a second)."""
         # Compare what the detector would run with, not the files' claps sections: which
         # keys the user wrote decides what the model's clap check fills in, so equal values
         # can mean different settings (an override equal to the built-in default, a deleted
@@ -157,15 +169,35 @@ class Pipeline:
     # ------------------------------------------------------------------ processing
 
     def process(self, samples: np.ndarray) -> list[Event]:
-        """Feed the next stretch of audio (any length, at the model rate)."""
+        """Feed the next stretch of audio (any length, at the model rate).
+
+        The classifier runs at fixed points of the stream (every `classify_every_s` of
+        audio, when something sounded since the last one), not once a block: the audio is
+        cut at those points, so a replay read in other blocks than the sound card's hears
+        the same windows and reports the same sounds, at the same samples.
+        """
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         if not np.isfinite(x).all():
             x = self._finite(x)
         out: list[Event] = []
-        active = False
+        every = max(1, int(round(self.rules.model.classify_every_s * self.sample_rate)))
+        pos = 0
+        while pos < x.size:
+            point = (self.stats.samples // every + 1) * every
+            take = min(x.size - pos, point - self.stats.samples)
+            out += self._process_piece(x[pos : pos + take])
+            pos += take
+            if self.stats.samples == point and self._active:
+                self._active = False
+                out += self._classify()
+        self.stats.actions += sum(1 for e in out if isinstance(e, Action))
+        return out
+
+    def _process_piece(self, x: np.ndarray) -> list[Event]:
+        out: list[Event] = []
         for end, level_db, floor_db, is_active in self.gate.push(x):
             self._level_db, self._floor_db = level_db, floor_db
-            active = active or is_active
+            self._active = self._active or is_active
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
             # Every window while armed, not only while the gate is open: AWAY's own
             # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
@@ -183,9 +215,6 @@ class Pipeline:
             out.append(pattern)
             out += self.engine.handle(pattern)
         self.stats.samples += x.size
-        if active:
-            out += self._classify()
-        self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 
     def _finite(self, x: np.ndarray) -> np.ndarray:
@@ -218,9 +247,6 @@ class Pipeline:
         if self.classifier is None or self.mel is None:
             return []
         now = self.mel.window_end_sample
-        if now - self._last_classified < self.rules.model.classify_every_s * self.sample_rate:
-            return []
-        self._last_classified = now
         self.stats.classifications += 1
         scores = self.classifier.scores(self.mel.window())
         hold = self.rules.sounds.hold_s * self.sample_rate

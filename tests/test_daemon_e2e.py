@@ -95,6 +95,36 @@ def test_replay_json_two_then_three_claps(
     assert claps[0]["claps"][0] == pytest.approx(1.0 + 0.02, abs=0.03)
 
 
+def test_replay_at_a_time_of_day_meets_when_windows_on_the_audio_clock(
+    scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """`replay --at` tries night-only rules by day, and the recording's own time moves on
+    as its samples do (a fast replay would not move the wall clock past 22:00)."""
+    rules = write_rules(tmp_path / "rules.yaml", model=tiny_onnx_model)
+    night = '    when: ["22:00-07:00"]\n'
+    text = rules.read_text()
+    for action in ("    actions: [lamp: toggle]\n", "    actions: [tv: toggle]\n"):
+        text = text.replace(action, action + night)
+    rules.write_text(text)
+
+    def switched(at: str) -> list[str]:
+        events = replay(scene_files["two_three"], rules, "--at", at)
+        assert [e["count"] for e in events if e["type"] == "claps"] == [2, 3]
+        return [e["appliance"] for e in events if e["type"] == "action"]
+
+    assert switched("12:00") == []
+    assert switched("23:30") == ["lamp", "tv"]
+    # The two claps end about 2.5 s in, the three about 6.5 s in.
+    assert switched("21:59:56") == ["tv"]
+    bad = subprocess.run(
+        daemon_cmd("replay", str(scene_files["two_three"]), "--rules", str(rules), "--at", "9pm"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--at '9pm'" in bad.stderr
+
+
 def test_replay_knocks_give_no_action(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
 ) -> None:

@@ -192,3 +192,36 @@ def test_reload_applies_clap_overrides_that_equal_built_in_values() -> None:
     assert pipeline.claps is listener  # same effective settings: the detector stays
     pipeline.replace_rules(parse_rules(RULES))
     assert pipeline.claps.settings.min_clap_score == 0.7
+
+
+def test_the_same_sounds_whatever_the_block_size(shared_data) -> None:  # noqa: ANN001
+    """The classifier runs at fixed points of the stream, not once a block: a replay read
+    in other blocks than the live sound card's reports the same sounds at the same samples
+    (it classified other windows, and once missed a clapping clip)."""
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from claudio_daemon.audio.resample import StreamingResampler
+    from claudio_daemon.model.classifier import OnnxClassifier
+
+    model = Path(__file__).resolve().parents[1] / "models" / "claudio-esc50-se_resnet18.onnx"
+    clf = OnnxClassifier(model, device="cpu", threads=1)
+    folder = shared_data / "esc50-16k-folds123" / "audio"
+    clips = [sorted(folder.glob(f"*-{c}.flac"))[0] for c in (0, 30, 22, 40)]
+    audio = np.concatenate([sf.read(str(p), dtype="float32")[0] for p in clips])
+    resampler = StreamingResampler(16000, clf.frontend.sample_rate)
+    x = np.concatenate([resampler.process(audio), resampler.flush()])
+    rules = parse_rules(RULES + "sounds:\n  default_threshold: 0.5\n")
+
+    def sounds(block: int) -> list[tuple[str, int, float]]:
+        p = Pipeline(rules, clf)
+        out = []
+        for i in range(0, x.size, block):
+            out += p.process(x[i : i + block])
+        return [(e.label, e.sample, round(e.score, 6)) for e in out if isinstance(e, SoundEvent)]
+
+    live = sounds(1024)
+    assert len({label for label, _, _ in live}) >= 3, live
+    for block in (4096, 777, 22050 * 3):
+        assert sounds(block) == live, block
