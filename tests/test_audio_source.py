@@ -243,6 +243,25 @@ def _loudest_db(blocks: list[AudioBlock]) -> float:
     return max((_db(audio[i : i + 2205]) for i in windows), default=-240.0)
 
 
+def _play_until_heard(
+    pulse: PulseServer, blocks: list[AudioBlock], since: int, tmp_path: Path, timeout: float
+) -> float:
+    """Play a tone into the sink until blocks[since:] hold it; the loudest level heard.
+
+    A loaded machine can take a while to deliver a fresh stream's first callbacks, so the
+    tone is played again until it is heard (or the deadline passes).
+    """
+    heard = -240.0
+    deadline = time.monotonic() + timeout
+    while heard <= -12 and time.monotonic() < deadline:
+        pulse.play_array(_tone(1000, 48000, 0.6, amp=0.5), 48000, tmp_path)
+        waited = time.monotonic() + 1.5
+        while heard <= -12 and time.monotonic() < waited:
+            time.sleep(0.1)
+            heard = _loudest_db(blocks[since:])
+    return heard
+
+
 def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_path: Path) -> None:  # noqa: F811
     """Unplug the "microphone" mid-stream: blocks() keeps going, reopens, counting continues."""
     mic = MicSource(
@@ -264,17 +283,8 @@ def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_pat
         while mic.reopens == 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert mic.reopens >= 1
-        # The reopened stream is heard again: a tone played into the sink comes back. A
-        # loaded machine can take a while to deliver a fresh stream's first callbacks, so
-        # the tone is played again until it is heard (or the deadline passes).
-        heard = -240.0
-        deadline = time.monotonic() + 10
-        while heard <= -12 and time.monotonic() < deadline:
-            pulse_server.play_array(_tone(1000, 48000, 0.6, amp=0.5), 48000, tmp_path)
-            waited = time.monotonic() + 1.5
-            while heard <= -12 and time.monotonic() < waited:
-                time.sleep(0.1)
-                heard = _loudest_db(blocks[before:])
+        # The reopened stream is heard again: a tone played into the sink comes back.
+        heard = _play_until_heard(pulse_server, blocks, before, tmp_path, timeout=10)
     finally:
         mic.close()
         th.join(timeout=3)
@@ -326,14 +336,7 @@ def test_mic_source_waits_for_a_device_missing_at_start(
     finally:
         pulse_server.add_sink()
     try:
-        heard = -240.0
-        deadline = time.monotonic() + 15
-        while heard <= -12 and time.monotonic() < deadline:
-            pulse_server.play_array(_tone(1000, 48000, 0.6, amp=0.5), 48000, tmp_path)
-            waited = time.monotonic() + 1.5
-            while heard <= -12 and time.monotonic() < waited:
-                time.sleep(0.1)
-                heard = _loudest_db(blocks)
+        heard = _play_until_heard(pulse_server, blocks, 0, tmp_path, timeout=15)
     finally:
         mic.close()
         th.join(timeout=3)

@@ -431,7 +431,8 @@ class AwaySettings(StrictModel):
         20.0,
         ge=1.0,
         le=100.0,
-        description="Any sound this many dB above the (calibrated) noise floor counts. "
+        description="Any sound this many dB above the room's noise floor counts (the "
+        "level gate's floor, which follows a steady noise within about 10 s). "
         "null (with min_level_db unset) disables level alerts: labels only.",
     )
     actions: list[ApplianceName] = Field(
