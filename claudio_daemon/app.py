@@ -315,8 +315,15 @@ def run_service(
     device: str | None,
     input_file: Path | None,
     json_out: TextIO | None,
+    wait_for_device: bool | None = None,
 ) -> int:
-    """The daemon: listen until SIGTERM, then flush MQTT and say offline."""
+    """The daemon: listen until SIGTERM, then flush MQTT and say offline.
+
+    `wait_for_device` None: wait for a missing microphone when systemd started us (a USB
+    one plugged in after boot; five quick failures would stop the unit for good), fail at
+    once in a terminal, where a person (or the quick start's fallback to the demo) wants
+    to hear it now.
+    """
     from claudio_daemon.service.notify import SystemdNotifier
     from claudio_daemon.service.reload import FileWatcher, Reloader
     from claudio_daemon.service.signals import install_handlers
@@ -354,10 +361,9 @@ def run_service(
             )
             where = str(input_file)
         else:
-            # A microphone missing at start-up (a USB one plugged in after boot) is waited
-            # for, as one lost later is: systemd would give up after five quick failures.
+            wait = notifier.enabled if wait_for_device is None else wait_for_device
             source = MicSource(
-                spec, sr, block_size=parts.rules.audio.block_size, wait_for_device=True
+                spec, sr, block_size=parts.rules.audio.block_size, wait_for_device=wait
             )
             source.heartbeat = notifier.watchdog
             where = f"microphone {spec if spec is not None else '(default)'}"

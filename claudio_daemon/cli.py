@@ -58,6 +58,14 @@ def run(
         typer.Option("--input", help="Listen to this recording (in real time) instead."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Also print events as JSON.")] = False,
+    wait_for_device: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait-for-device/--no-wait-for-device",
+            help="Wait for a microphone that is missing or busy at start-up (default: under "
+            "systemd yes, in a terminal no: exit 2 at once).",
+        ),
+    ] = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Listen and act: the service's main command (systemd runs this)."""
@@ -69,6 +77,7 @@ def run(
             device=device,
             input_file=input_file,
             json_out=sys.stdout if json_out else None,
+            wait_for_device=wait_for_device,
         )
     except app.UserError as exc:
         _fail(str(exc))

@@ -140,3 +140,29 @@ def test_claps_into_the_microphone_switch_lamp_and_tv(
         assert [e["count"] for e in events if e["type"] == "claps"] == [2, 3]
     assert "'pulse'" in err and "listening on [" in err
     assert notify.messages.index("READY=1") < notify.messages.index("STOPPING=1")
+
+
+def test_in_a_terminal_a_missing_microphone_fails_at_once(
+    portaudio_pulse: PulseServer, tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """Outside systemd nobody waits: exit 2 naming the device, so a person (or the quick
+    start, which then plays the demo) hears it now; --wait-for-device waits anyway."""
+    pulse = portaudio_pulse
+    rules = write_rules(tmp_path / "rules.yaml", port=1, model=tiny_onnx_model)
+    pulse.remove_sink()
+    try:
+        args = ["run", "--rules", str(rules), "--device", pulse.portaudio_device]
+        code, _, err = Daemon(args, env=pulse.env).wait(timeout=30)
+        assert code == 2, err
+        assert "cannot open audio input" in err and "'pulse'" in err
+        waiting = Daemon([*args, "--wait-for-device"], env=pulse.env)
+        try:
+            time.sleep(4.0)
+            assert waiting.proc.poll() is None, "gave up despite --wait-for-device"
+            waiting.terminate()
+            code, _, err = waiting.wait(timeout=20)
+        finally:
+            waiting.kill()
+        assert code == 0 and "waiting for it" in err, err
+    finally:
+        pulse.add_sink()
