@@ -180,7 +180,10 @@ class Pipeline:
         if not np.isfinite(x).all():
             x = self._finite(x)
         out: list[Event] = []
-        every = max(1, int(round(self.rules.model.classify_every_s * self.sample_rate)))
+        # At most half the model's window apart: a short sound just after one point must
+        # still be inside the window at the next (classify_every_s may ask up to 10 s).
+        every = int(round(self.rules.model.classify_every_s * self.sample_rate))
+        every = max(1, min(every, self.cfg.clip_samples // 2))
         pos = 0
         while pos < x.size:
             point = (self.stats.samples // every + 1) * every

@@ -262,6 +262,29 @@ def test_broker_outage_is_one_warning_not_an_error_per_retry(mosquitto, started,
     assert sum("cannot reach broker" in m for m in loud) == 1, "\n".join(loud)
 
 
+def test_broker_outage_writes_no_paho_line_per_retry_at_info(mosquitto, started) -> None:
+    """What the journal gets at the daemon's own --log-level info, through its handler:
+    relabelling paho's line as DEBUG is not enough if it is still written."""
+    import io
+
+    from claudio_daemon.service import logs
+
+    buf = io.StringIO()
+    handler = logs.setup_logging("info", journald=False, stream=buf)
+    try:
+        p = start(started, settings_for(mosquitto, reconnect_min_s=0.1, reconnect_max_s=0.2))
+        assert p.wait_connected(5)
+        mosquitto.stop()
+        time.sleep(2.5)  # ~10 reconnect attempts
+        mosquitto.start()
+        assert p.wait_connected(5)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    written = buf.getvalue()
+    assert "cannot reach broker" in written
+    assert "Client is not connected" not in written, written
+
+
 def test_mqtt_v5(mosquitto, started) -> None:
     p = start(started, settings_for(mosquitto, protocol="5"))
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP, "claudio/available"]) as sub:

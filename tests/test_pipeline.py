@@ -225,3 +225,78 @@ def test_the_same_sounds_whatever_the_block_size(shared_data) -> None:  # noqa: 
     assert len({label for label, _, _ in live}) >= 3, live
     for block in (4096, 777, 22050 * 3):
         assert sounds(block) == live, block
+
+
+class WindowContentClassifier(ScriptedClassifier):
+    """Scores glass_breaking high only when the window it is given holds a sound."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.calls = 0
+
+    def scores(self, window) -> dict[str, float]:
+        self.calls += 1
+        w = np.asarray(window)
+        return {"glass_breaking": 0.99 if float(w.max() - w.min()) > 10.0 else 0.0, "dog": 0.0}
+
+
+def _feed(p: Pipeline, x: np.ndarray, block: int = 1024) -> list:
+    out = []
+    for i in range(0, x.size, block):
+        out += p.process(x[i : i + block])
+    return out
+
+
+def test_classify_every_longer_than_the_window_still_hears_a_short_sound() -> None:
+    """classify_every_s may be up to 10 s, the model hears 5.94 s: points stay at most half
+    a window apart, so a 0.5 s sound right after one is inside the window at the next."""
+    rules = parse_rules(
+        GLASS.replace(
+            "claps: {enabled: false}", "claps: {enabled: false}\nmodel: {classify_every_s: 8.0}"
+        )
+    )
+    x = np.concatenate(
+        [np.zeros(SR, np.float32), _noise(-10.0, 0.5, 0), np.zeros(int(18.5 * SR), np.float32)]
+    )
+    clf = WindowContentClassifier()
+    events = _feed(Pipeline(rules, clf), x)
+    assert [e.label for e in events if isinstance(e, SoundEvent)] == ["glass_breaking"]
+    assert clf.calls <= 3  # still about one classification per interval, not per block
+
+
+AWAY_MIN_LEVEL = """\
+audio: {calibration: null}
+appliances:
+  lamp: {preset: tasmota, topic: lamp}
+away: {armed: true, arm_delay_s: 0, min_level_db: -40, cooldown_s: 20, actions: [lamp]}
+"""
+
+
+def test_away_min_level_alerts_on_a_new_noise_not_for_as_long_as_it_runs() -> None:
+    """A dehumidifier at -30 dBFS switched on in a quiet room alerts (it is new), then
+    becomes the room's floor: no alert and lamps ON every cooldown all night."""
+    x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-30.0, 120.0, 2)])
+    events = _feed(Pipeline(parse_rules(AWAY_MIN_LEVEL), None), x, 4096)
+    alerts = [e for e in events if isinstance(e, Alert)]
+    assert 1 <= len(alerts) <= 2, [round(a.sample / SR, 1) for a in alerts]
+    assert alerts[0].sample < 6 * SR
+
+
+def test_away_with_no_cooldown_alerts_once_per_sound_not_per_window() -> None:
+    rules = parse_rules(
+        """\
+audio: {calibration: null}
+claps: {enabled: false}
+sounds: {hold_s: 2.0}
+appliances:
+  lamp: {preset: tasmota, topic: lamp}
+away: {armed: true, arm_delay_s: 0, margin_db: null, cooldown_s: 0, sounds: [glass_breaking],
+       actions: [lamp]}
+"""
+    )
+    x = np.concatenate(
+        [np.zeros(2 * SR, np.float32), _noise(-10.0, 5.0, 3), np.zeros(2 * SR, np.float32)]
+    )
+    clf = ScriptedClassifier([0.95] * 20)
+    alerts = [e for e in _feed(Pipeline(rules, clf), x) if isinstance(e, Alert)]
+    assert len(alerts) == 1 and len(clf.script) < 15  # many windows, one bark

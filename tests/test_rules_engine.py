@@ -287,8 +287,13 @@ def test_away_cooldown_and_disarm():
     engine = RuleEngine(rules_from(RULES.replace("armed: false", "armed: true")), SR)
     t = 10 * SR
     assert len(engine.handle(sound("rain", 0.9, t))) == 3
-    assert engine.handle(sound("rain", 0.9, t + 5 * SR - 1)) == []  # cooldown_s: 5
+    assert engine.handle(sound("siren", 0.9, t + 5 * SR - 1)) == []  # cooldown_s: 5
     assert len(engine.handle(sound("rain", 0.9, t + 5 * SR))) == 3
+    # A sound that goes on (heard again within sounds.hold_s) is the same sound: no new
+    # alert however short the cooldown.
+    assert engine.handle(sound("rain", 0.9, t + 11 * SR)) != []
+    for k in range(1, 20):
+        assert engine.handle(sound("rain", 0.9, t + 11 * SR + k * SR)) == []
     assert engine.set_away(False, "cli", t + 6 * SR) == [
         ModeChange(away=False, source="cli", sample=t + 6 * SR)
     ]

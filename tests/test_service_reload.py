@@ -417,3 +417,31 @@ def test_mini_daemon_live_reload_sighup_and_stop(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         sock.close()
+
+
+def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFixture) -> None:
+    """model.classify_every_s is read on every block (live); block_size opens the device
+    (restart), and the hint names the real unit."""
+    from claudio_daemon.app import reload_applier
+    from claudio_daemon.mqtt.publisher import MqttPublisher
+    from claudio_daemon.pipeline import Pipeline
+    from claudio_daemon.rules.loader import parse_rules
+
+    base = """\
+audio: {calibration: null}
+appliances:
+  lamp: {preset: tasmota, topic: lamp}
+triggers:
+  - {claps: 2, actions: [lamp: toggle]}
+"""
+    rules = parse_rules(base)
+    pipeline = Pipeline(rules, None)
+    apply = reload_applier(pipeline, MqttPublisher(rules.mqtt), None, rules)
+    caplog.set_level(logging.WARNING)
+    apply(parse_rules(base + "model: {classify_every_s: 1.0}\n"))
+    assert pipeline.rules.model.classify_every_s == 1.0
+    assert not [r for r in caplog.records if "next restart" in r.getMessage()]
+    apply(parse_rules(base.replace("calibration: null", "calibration: null, block_size: 2048")))
+    (hint,) = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
+    assert "audio:" in hint and "model:" not in hint
+    assert "systemctl restart claudio-daemon)" in hint

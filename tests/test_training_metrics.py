@@ -76,6 +76,16 @@ def test_top1_accuracy() -> None:
     assert top1_accuracy(y, s) == pytest.approx(0.5)
 
 
+def test_top1_accuracy_counts_the_models_other_outputs() -> None:
+    """A 50-class model scoring recordings of two labels: rain above both is wrong."""
+    y = np.eye(2)[[0, 0, 1]]
+    s = np.array([[2.0, 1.0], [2.0, 1.0], [0.0, 1.0]])
+    rivals = np.array([[3.0, 0.0], [1.0, 0.0], [0.0, 0.5]])
+    assert top1_accuracy(y, s) == pytest.approx(1.0)
+    assert top1_accuracy(y, s, rivals) == pytest.approx(2 / 3)
+    assert top1_accuracy(y, s, np.zeros((3, 0))) == pytest.approx(1.0)
+
+
 def test_binary_ap_clap_vs_rest() -> None:
     is_clap = np.array([True, False, True, False, False])
     score = np.array([0.95, 0.9, 0.4, 0.3, 0.5])

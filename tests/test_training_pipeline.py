@@ -25,6 +25,8 @@ from training.fit import FitConfig, fit, load_checkpoint, lr_factor
 from training.models import create_model
 from training.stats import compute_stats
 
+ROOT = Path(__file__).resolve().parents[1]
+
 KINDS = ("tone", "noise", "clapping")
 
 
@@ -423,5 +425,31 @@ def test_evaluate_maps_labels_by_name_on_real_recordings(trained, shared_data: P
     m = evaluate(trained.best_checkpoint, shared_data / "esc50-fold4-dev").metrics
     assert m["n_clips"] == 6 and m["n_labels"] == 1
     assert m["clips_with_unknown_label"] == 294
-    assert m["by_source_rate"] == {"44100": {"n_clips": 6, "accuracy": 1.0}}
+    # Its other two classes still compete: a clip is right only if clapping beats them
+    # (it was counted right whatever the model said, with one label to choose from).
+    wrong = m["top1_outside_data_labels"]
+    assert m["by_source_rate"] == {"44100": {"n_clips": 6, "accuracy": (6 - wrong) / 6}}
+    assert m["accuracy"] == (6 - wrong) / 6
     assert "dog" in m["labels_not_in_model"]
+
+
+def test_evaluate_top1_is_among_all_the_models_classes(shared_data: Path, tmp_path: Path) -> None:
+    """Recordings of one or two labels, scored by the shipped 50-class model: a clip is
+    right only when its own label beats every class the model knows (it was right when it
+    beat the data's other label). ESC-50 itself still scores among its 50 classes: the
+    clap check's `clap_pattern` output does not compete."""
+    import shutil
+
+    model = ROOT / "models" / "claudio-esc50-se_resnet18.onnx"
+    fold4 = shared_data / "esc50-fold4-dev"
+    rows = (fold4 / "meta" / "esc50.csv").read_text().splitlines()[1:]
+    rain = [r.split(",")[0] for r in rows if r.split(",")[3] == "rain"][:3]
+    data = tmp_path / "mine"
+    (data / "dog").mkdir(parents=True)
+    for name in rain:  # filed under the wrong label
+        shutil.copy(fold4 / "audio" / name, data / "dog" / name)
+    m = evaluate(model, data).metrics
+    assert m["n_clips"] == 3 and m["accuracy"] == 0.0
+    assert m["top1_outside_data_labels"] == 3
+    esc = evaluate(model, fold4).metrics
+    assert esc["n_labels"] == 50 and "top1_outside_data_labels" not in esc

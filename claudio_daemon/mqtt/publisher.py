@@ -72,6 +72,8 @@ def _demote_not_connected(record: logging.LogRecord) -> bool:
     if record.levelno > logging.DEBUG and record.getMessage().startswith("Client is not connected"):
         record.levelno = logging.DEBUG
         record.levelname = logging.getLevelName(logging.DEBUG)
+        # The logger let it through as an ERROR; as DEBUG it is written only where DEBUG is.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
     return True
 
 

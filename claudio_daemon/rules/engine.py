@@ -62,6 +62,9 @@ class RuleEngine:
         # Last sample at which each sound trigger (by key) heard its sound at its own
         # min_score: within `sounds.hold_s` of it, the same sound is still going on.
         self._heard: dict[str, int] = {}
+        # The same for AWAY, by label at away.min_score: with cooldown_s 0 a bark is one
+        # alert, not one per classification.
+        self._away_heard: dict[str, int] = {}
         # Armed from the file at start counts as armed at sample 0: the arm delay still
         # applies, so a restart while someone is home does not alert at once.
         self._armed = rules.away.armed
@@ -128,7 +131,11 @@ class RuleEngine:
                 sound=True,
             )
             away = self._rules.away
-            if away.counts(event.label) and event.score >= away.min_score:
+            if (
+                away.counts(event.label)
+                and event.score >= away.min_score
+                and self._away_heard_anew(event.label, event.sample)
+            ):
                 out += self._away_alert(event.sample, event.label, event.score, event.level_db)
             return out
         if isinstance(event, LevelReading):
@@ -183,12 +190,16 @@ class RuleEngine:
 
     # ----------------------------------------------------------------- helpers
 
-    def _heard_anew(self, key: str, sample: int) -> bool:
+    def _heard_anew(self, key: str, sample: int, heard: dict[str, int] | None = None) -> bool:
         """Record that trigger `key` heard its sound at `sample`; False while it is the same
         sound going on (heard less than `sounds.hold_s` before): a minute's bark is one."""
-        last = self._heard.get(key)
-        self._heard[key] = sample
+        heard = self._heard if heard is None else heard
+        last = heard.get(key)
+        heard[key] = sample
         return last is None or sample - last >= self._samples(self._rules.sounds.hold_s)
+
+    def _away_heard_anew(self, label: str, sample: int) -> bool:
+        return self._heard_anew(label, sample, self._away_heard)
 
     def _min_score(self, trig: Trigger) -> float:
         if trig.min_score is not None:

@@ -41,6 +41,9 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whi
 _TOPIC_BAD = re.compile(r"[+#\x00]")
 _HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 _DAY_S = 24 * 3600
+#: How far above the room's noise floor a sound must stand for an AWAY level alert with an
+#: absolute min_level_db (the level gate opens at the same margin).
+LEVEL_STANDOUT_DB = 6.0
 
 
 class CrossFieldError(ValueError):
@@ -424,7 +427,8 @@ class AwaySettings(StrictModel):
         None,
         ge=-120.0,
         le=0.0,
-        description="Any sound at least this loud (dBFS) counts, whatever its label. "
+        description="Any sound at least this loud (dBFS) counts, whatever its label, if it "
+        "also stands 6 dB above the room's noise floor (a steady fan is no sound). "
         "Overrides margin_db.",
     )
     margin_db: float | None = Field(
@@ -465,9 +469,14 @@ class AwaySettings(StrictModel):
         return self
 
     def level_threshold(self, noise_floor_db: float) -> float | None:
-        """Level at or above which any sound alerts; None when level alerts are off."""
+        """Level at or above which any sound alerts; None when level alerts are off.
+
+        An absolute min_level_db also asks the sound to stand LEVEL_STANDOUT_DB above the
+        room's floor: a fan or dehumidifier louder than min_level_db becomes the floor and
+        stops alerting, instead of switching the lamps on every cooldown all night.
+        """
         if self.min_level_db is not None:
-            return self.min_level_db
+            return max(self.min_level_db, noise_floor_db + LEVEL_STANDOUT_DB)
         if self.margin_db is not None:
             return noise_floor_db + self.margin_db
         return None
