@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 from tests.esc50_helpers import copy_esc50_subset
 from training.cli import app
 from training.datasets import load_dataset, load_datasets
+from training.synth_claps import read_recordings
 
 #: Clapping recordings with isolated claps (fold 2 and 3), one fold-4 recording at 44.1 kHz.
 CLAPPING = {
@@ -145,6 +148,30 @@ def test_same_seed_same_files_other_seed_other_files(synth: Path, inputs, tmp_pa
     assert other["meta/synth_claps.json"] != first["meta/synth_claps.json"]
     clips = [k for k in other if k.startswith("audio/")]
     assert all(other[k] != first[k] for k in clips)
+
+
+def test_metadata_is_read_like_precache_reads_it(inputs, tmp_path) -> None:
+    """synth-claps (and mine-patterns) read meta/esc50.csv as the dataset loader does: an
+    Excel BOM was refused as 'missing columns', and a bad target was a bare int() error."""
+    src = inputs[0][0]
+    data = tmp_path / "esc"
+    shutil.copytree(src, data)
+    meta = data / "meta" / "esc50.csv"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert read_recordings([data])[0] == [
+        replace(r, path=data / r.path.relative_to(src)) for r in read_recordings([src])[0]
+    ]
+    lines = meta.read_text(encoding="utf-8-sig").splitlines()
+    for n, col, value in ((3, 2, "x"), (4, 0, "")):  # lines 4 and 5: target, filename
+        fields = lines[n].split(",")
+        fields[col] = value
+        lines[n] = ",".join(fields)
+    meta.write_text("\n".join(lines) + "\n")
+    for command in ("synth-claps", "mine-patterns"):
+        res = CliRunner().invoke(app, [command, str(data), "--out", str(tmp_path / command)])
+        assert res.exit_code == 2, res.output
+        assert f"{meta}:4: column 'target': target 'x' is not an integer" in res.stderr
+        assert f"{meta}:5: column 'filename': empty value" in res.stderr
 
 
 def test_refuses_a_non_empty_out_folder_without_force(inputs, tmp_path) -> None:

@@ -368,6 +368,24 @@ def test_folder_labels_csv(tmp_path: Path) -> None:
     assert "labels.csv:3: column 'file'" in str(info.value)
 
 
+def test_labels_csv_unquoted_multi_label_row_is_a_problem(tmp_path: Path) -> None:
+    """csv files extra fields under no column: `a,dog,rain` lost rain, `a,dog,rain,1` got
+    fold 'rain'. Both are reported with the line, and the quoted form still loads."""
+    root = make_labels_csv(tmp_path / "mine")
+    csv_path = root / "labels.csv"
+    csv_path.write_text("file,labels,fold\nrec/a.wav,dog,rain,1\nrec/c.ogg,dog,1\n")
+    with pytest.raises(DatasetError) as info:
+        load_folder(root)
+    assert str(info.value).startswith(f"{csv_path}:2: 4 fields but the header has 3")
+    assert "quote multi-label fields" in str(info.value)
+    csv_path.write_text("file,labels\nrec/a.wav,dog,rain\nrec/c.ogg,dog\nrec/b.flac,x,y,z\n")
+    with pytest.raises(DatasetError) as info:
+        load_folder(root)
+    assert [p.split(": ")[0] for p in info.value.problems] == [f"{csv_path}:2", f"{csv_path}:4"]
+    csv_path.write_text('file,labels,fold\nrec/a.wav,"dog,rain",1\n')
+    assert [(i.labels, i.fold) for i in load_folder(root).items] == [(("dog", "rain"), "1")]
+
+
 def test_layout_detection(tmp_path: Path) -> None:
     assert load_dataset(make_esc50(tmp_path / "e")).name == "esc50"
     assert load_dataset(make_fsd50k(tmp_path / "f")).name == "fsd50k"

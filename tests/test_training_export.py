@@ -106,6 +106,28 @@ def test_parity_failure_raises(tmp_path: Path) -> None:
         export_onnx(_checkpoint(tmp_path, "resnet18"), tmp_path / "m.onnx", tolerance=0.0)
 
 
+def test_a_failed_export_leaves_out_as_it_was(tmp_path: Path) -> None:
+    """--out is written only once every check passed: a failed parity check, or a failure
+    after it (the INT8 evaluation), used to leave the unchecked model there, replacing the
+    earlier (perhaps shipped) one, with full metadata for the daemon to load."""
+    ckpt = _checkpoint(tmp_path, "simple_cnn")
+    out = tmp_path / "models" / "m.onnx"
+    out.parent.mkdir()
+    out.write_bytes(b"the shipped model")
+    with pytest.raises(ExportError, match=f"{out}: onnxruntime logits differ"):
+        export_onnx(ckpt, out, tolerance=-1.0)  # no graph can meet it: a mismatch
+    with pytest.raises(ValueError, match="missing: dataset folder not found"):
+        export_onnx(ckpt, out, quantize_int8=True, int8_eval_data=tmp_path / "missing")
+    assert out.read_bytes() == b"the shipped model"
+    assert [p.name for p in out.parent.iterdir()] == ["m.onnx"]  # no temporary files left
+    rep = export_onnx(ckpt, out, quantize_int8=True)
+    assert (rep.path, rep.int8_path) == (out, out.parent / "m.int8.onnx")
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.int8.onnx", "m.onnx"]
+    for path in (rep.path, rep.int8_path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert sess.get_modelmeta().custom_metadata_map["claudio.labels"]
+
+
 def test_the_clap_check_travels_with_the_model(tmp_path: Path) -> None:
     """`export --clap-check` writes it into both files, `clap-check` shows and changes it,
     and the daemon reads it back; what it could not use is refused with the option named."""

@@ -4,6 +4,8 @@ export, through the Python API and the `claudio-train` CLI; resume; error messag
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,28 @@ def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path, trained) -> N
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
     assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"])
     assert a["history"][-1]["val_map"] == b["history"][-1]["val_map"]
+
+
+def test_resume_keeps_the_runs_epochs_and_patience(
+    cache_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`fit --resume` without --epochs/--patience took the CLI defaults (30, 10): a 2-epoch
+    run went on for 28 more epochs on another LR schedule. Given ones differ and say so."""
+    out = tmp_path / "run"
+    fit(cache_dir, _cfg(out, max_steps=4, patience=0))  # cut short in epoch 2 of 2
+    shutil.copytree(out, tmp_path / "run2")
+    res = CliRunner().invoke(
+        app, ["fit", "--cache", str(cache_dir), "--out", str(out), "--resume", "--workers", "0"]
+    )
+    assert res.exit_code == 0, res.output
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["config"]["epochs"], ckpt["config"]["patience"]) == (2, 0)
+    assert [h["epoch"] for h in ckpt["history"]] == [1, 2] and ckpt["step"] == 6
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        more = fit(cache_dir, _cfg(tmp_path / "run2", resume=True, epochs=3, patience=None))
+    assert [h["epoch"] for h in more.history] == [1, 2, 3]
+    assert "resuming with epochs 3; the run was started with 2" in caplog.text
+    assert "patience" not in caplog.text
 
 
 def test_max_steps_caps_and_resume_needs_a_run(cache_dir: Path, tmp_path: Path) -> None:
@@ -317,6 +341,50 @@ def test_checkpoint_and_onnx_evaluate_alike(
     assert (tmp_path / "ev" / "per_class_ap.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert saved["map"] == pytest.approx(a["map"])
+
+
+def _fsd50k(root: Path) -> Path:
+    """FSD50K's layout with the toy labels: dev 2 train + 1 val clips, eval 3 clips."""
+    rng = np.random.default_rng(1)
+    gt = root / "FSD50K.ground_truth"
+    gt.mkdir(parents=True)
+    (gt / "vocabulary.csv").write_text("".join(f"{i},{k},/m/{i}\n" for i, k in enumerate(KINDS)))
+    dev, ev = ["fname,labels,mids,split"], ["fname,labels,mids"]
+    for n, kind in enumerate(KINDS * 2):
+        split, table = ("eval", ev) if n >= 3 else ("dev", dev)
+        folder = root / f"FSD50K.{split}_audio"
+        folder.mkdir(exist_ok=True)
+        sf.write(folder / f"{n}.wav", _sound(kind, 22050, rng).astype(np.float32), 22050)
+        table.append(
+            f"{n},{kind},/m/0" + ("" if split == "eval" else ",val" if n == 2 else ",train")
+        )
+    (gt / "dev.csv").write_text("\n".join(dev) + "\n")
+    (gt / "eval.csv").write_text("\n".join(ev) + "\n")
+    return root
+
+
+def test_evaluate_scores_fsd50k_eval_split(trained, tmp_path: Path) -> None:
+    """FSD50K's eval split (its test set) lives apart from dev: `--folds eval` or `--split
+    eval` scores it from the dataset folder (always dev before: 'no recordings in folds')."""
+    data = _fsd50k(tmp_path / "fsd")
+
+    def n_clips(*args: str) -> int:
+        res = CliRunner().invoke(
+            app, ["evaluate", str(trained.best_checkpoint), str(data), "--json", *args]
+        )
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["n_clips"]
+
+    assert n_clips() == 3  # dev, as before
+    assert n_clips("--folds", "eval") == 3
+    assert n_clips("--split", "eval") == 3
+    assert n_clips("--folds", "val,eval") == 4
+    assert n_clips("--split", "dev", "--folds", "val") == 1
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", str(trained.best_checkpoint), str(data), "--split", "eval", "--folds", "val"],
+    )
+    assert res.exit_code == 2 and "no recordings in folds ['val'] of the eval split" in res.stderr
 
 
 def test_evaluate_rejects_data_without_shared_labels(trained, tmp_path: Path) -> None:

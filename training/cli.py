@@ -290,7 +290,10 @@ def fit(
     model: Annotated[
         str, typer.Option(help="se_resnet18, resnet18, simple_cnn or ast.")
     ] = "se_resnet18",
-    epochs: Annotated[int, typer.Option()] = 30,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Epochs to train [default: 30; on --resume, the run's own]."),
+    ] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option()] = 1e-2,
@@ -301,8 +304,12 @@ def fit(
         list[str] | None, typer.Option(help="Test fold(s), scored at the end.")
     ] = None,
     patience: Annotated[
-        int, typer.Option(help="Early-stop epochs without better val mAP (0 off).")
-    ] = 10,
+        int | None,
+        typer.Option(
+            help="Early-stop epochs without better val mAP (0 off) "
+            "[default: 10; on --resume, the run's own]."
+        ),
+    ] = None,
     no_augment: Annotated[
         bool, typer.Option("--no-augment", help="Train without augmentation.")
     ] = False,
@@ -327,7 +334,15 @@ def fit(
             "channels-last training bit for bit.",
         ),
     ] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out with its own settings; only --epochs, "
+            "--patience, --max-steps, --workers, --device and --log-every given here change "
+            "them.",
+        ),
+    ] = False,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -391,7 +406,17 @@ def fit(
 def evaluate(
     model: Annotated[Path, typer.Argument(help="best.pt checkpoint or exported .onnx file.")],
     data: Annotated[Path, typer.Argument(help="Cache folder or dataset folder.")],
-    folds: Annotated[list[str] | None, typer.Option(help="Only these folds.")] = None,
+    folds: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these folds (FSD50K: train, val of dev; eval of eval)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="FSD50K split of a dataset folder: dev or eval (default: the one --folds "
+            "names, else dev)."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write metrics.json, report.md, chart.")
     ] = None,
@@ -418,6 +443,7 @@ def evaluate(
         device=device,
         workers=workers,
         progress=sys.stderr.isatty() and not json_out,
+        split=split,
     )
     m = result.metrics
     if json_out:

@@ -21,6 +21,7 @@ import torch
 
 from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.model.metadata import ModelMetadata
+from training.datasets.base import Manifest
 from training.metrics import (
     binary_ap,
     mean_average_precision,
@@ -135,14 +136,21 @@ def open_data(
     workers: int = 0,
     progress: bool = False,
     model_labels: tuple[str, ...] | None = None,
+    split: str | None = None,
 ) -> EvalData:
     """A cache folder (has index.json) or a dataset folder in any supported layout.
 
-    With `model_labels`, single-label recordings of other labels are not decoded at all."""
+    With `model_labels`, single-label recordings of other labels are not decoded at all.
+    `split`: FSD50K's "dev" or "eval" (see `load_eval_manifest`)."""
     data = Path(data)
     if (data / "index.json").is_file():
+        if split is not None:
+            raise EvaluationError(
+                f"{data}: a cache holds the split it was built from; --split is for dataset "
+                "folders (use --folds)"
+            )
         return _cache_data(data, folds)
-    return _dataset_data(data, folds, layout, workers, progress, model_labels)
+    return _dataset_data(data, folds, layout, workers, progress, model_labels, split)
 
 
 def _cache_data(path: Path, folds: tuple[str, ...] | None) -> EvalData:
@@ -196,6 +204,28 @@ class _Clips(torch.utils.data.Dataset):
         return i, clip, rate, ""
 
 
+def load_eval_manifest(
+    root: Path, folds: tuple[str, ...] | None, layout: str = "auto", split: str | None = None
+) -> Manifest:
+    """The dataset at `root` for scoring. FSD50K keeps its eval split (fold "eval", the
+    standard test set) in a table of its own, apart from dev ("train"/"val"): with no
+    `split` given, the folds asked for choose, so `--folds eval` scores the eval split and
+    `--folds val,eval` both. A given `split` is loaded as `precache --split` would."""
+    from training.datasets import detect_layout, load_dataset
+
+    if layout == "auto":
+        layout = detect_layout(root)
+    if split is not None or layout != "fsd50k":
+        return load_dataset(root, layout=layout, split=split or "dev")
+    wanted = set(folds or ())
+    splits = ["dev"] if not wanted or wanted - {"eval"} else []
+    if "eval" in wanted:
+        splits.append("eval")
+    parts = [load_dataset(root, layout=layout, split=s) for s in splits]
+    items = tuple(item for part in parts for item in part.items)
+    return Manifest(items, parts[0].labels, parts[0].name, parts[0].multi_label)
+
+
 def _dataset_data(
     root: Path,
     folds: tuple[str, ...] | None,
@@ -203,17 +233,20 @@ def _dataset_data(
     workers: int,
     progress: bool,
     model_labels: tuple[str, ...] | None = None,
+    split: str | None = None,
 ) -> EvalData:
     from tqdm.auto import tqdm
 
-    from training.datasets import load_dataset
     from training.frontend import LogMel
 
-    manifest = load_dataset(root, layout=layout)
+    manifest = load_eval_manifest(root, folds, layout, split)
     if folds:
         manifest = manifest.subset(folds)
         if not manifest.items:
-            raise EvaluationError(f"{root}: no recordings in folds {list(folds)}")
+            raise EvaluationError(
+                f"{root}: no recordings in folds {list(folds)}"
+                + (f" of the {split} split" if split is not None else "")
+            )
     n_outside = 0
     if model_labels is not None and not manifest.multi_label:
         known = set(model_labels)
@@ -379,12 +412,19 @@ def evaluate(
     device: str = "cpu",
     workers: int = 0,
     progress: bool = False,
+    split: str | None = None,
 ) -> EvalResult:
     """Score `model_path` on `data`; write metrics.json, report.md, per_class_ap.png to
-    `out_dir` when given."""
+    `out_dir` when given. `split`: FSD50K's dev or eval split (default: as `folds` ask)."""
     model = load_model(model_path, device=device)
     ev = open_data(
-        data, folds, layout, workers=workers, progress=progress, model_labels=model.labels
+        data,
+        folds,
+        layout,
+        workers=workers,
+        progress=progress,
+        model_labels=model.labels,
+        split=split,
     )
     shared = [lab for lab in model.labels if lab in set(ev.labels)]
     if not shared:

@@ -9,6 +9,8 @@ otherwise surface as a model that "just works worse" on the Pi.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -219,6 +221,10 @@ def export_onnx(
     folder, else on the parity inputs) and, given `int8_eval_data`, its metric change on
     that data. `clap_check`: the daemon's clap-check settings measured for this recipe's
     models (`ModelMetadata.clap_check`), written into both files.
+
+    Both files are written in a temporary folder beside `out_path` and renamed into place
+    only after every check passed: a failed export leaves what was there (perhaps the
+    shipped model) untouched, and never an unchecked model the daemon would load.
     """
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
@@ -236,7 +242,46 @@ def export_onnx(
     )
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report = _export_checked(
+            model,
+            meta,
+            staging / out.name,
+            out,
+            opset,
+            quantize_int8,
+            parity_inputs,
+            int8_eval_data,
+            int8_eval_folds,
+            tolerance,
+        )
+        # Same folder, so each rename is atomic; the INT8 file last, as it is optional.
+        os.replace(report.path, out)
+        report.path = out
+        if report.int8_path is not None:
+            int8 = out.with_suffix(".int8.onnx")
+            os.replace(report.int8_path, int8)
+            report.int8_path = int8
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
 
+
+def _export_checked(
+    model: torch.nn.Module,
+    meta: ModelMetadata,
+    out: Path,
+    final: Path,
+    opset: int,
+    quantize_int8: bool,
+    parity_inputs: np.ndarray | str | Path | None,
+    int8_eval_data: str | Path | None,
+    int8_eval_folds: tuple[str, ...] | None,
+    tolerance: float,
+) -> ExportReport:
+    """`export_onnx`'s work on the staging file `out` (messages name `final`)."""
+    fe = meta.frontend
     gen = torch.Generator().manual_seed(0)
     shape = (1, fe.n_mels, fe.n_frames)
     dummy = torch.randn((2, *shape), generator=gen)
@@ -267,7 +312,8 @@ def export_onnx(
         worst = max(worst, float(np.max(np.abs(ref - got))))
     if not worst <= tolerance:
         raise ExportError(
-            f"{out}: onnxruntime logits differ from torch by {worst:.2e} (> {tolerance:.0e})"
+            f"{final}: onnxruntime logits differ from torch by {worst:.2e} (> {tolerance:.0e}); "
+            "nothing written"
         )
     report = ExportReport(
         path=out,
@@ -279,7 +325,7 @@ def export_onnx(
         labels=meta.labels,
     )
     log.info(
-        "exported %s (%s, opset %d), parity max |diff| %.2e", out, exporter, actual_opset, worst
+        "exported %s (%s, opset %d), parity max |diff| %.2e", final, exporter, actual_opset, worst
     )
 
     if quantize_int8:
@@ -315,7 +361,7 @@ def export_onnx(
         )
         log.info(
             "INT8 model %s: %d bytes, max |diff| %.3f%s",
-            int8,
+            final.with_suffix(".int8.onnx"),
             report.int8_size_bytes,
             report.int8_max_abs,
             change,

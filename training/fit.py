@@ -43,12 +43,17 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 SCHEDULERS = ("onecycle", "cosine")
+#: A new run's length and early stop when none is given; a resumed run keeps its own.
+DEFAULT_EPOCHS = 30
+DEFAULT_PATIENCE = 10
 
 
 @dataclass
 class FitConfig:
     model: str = DEFAULT_MODEL
-    epochs: int = 30
+    #: None: DEFAULT_EPOCHS for a new run, the checkpoint's on resume (the schedule's
+    #: length depends on it, so a resume that changed it would not continue exactly).
+    epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -58,7 +63,8 @@ class FitConfig:
     val_folds: tuple[str, ...] = ()
     test_folds: tuple[str, ...] = ()
     #: Stop after this many epochs without a better validation mAP; 0 never stops early.
-    patience: int = 10
+    #: None: DEFAULT_PATIENCE for a new run, the checkpoint's on resume.
+    patience: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     #: pos_weight bounds for the BCE loss; None trains with plain BCE.
     pos_weight_clip: tuple[float, float] | None = (1.0, 10.0)
@@ -91,7 +97,7 @@ class FitConfig:
             )
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -312,7 +318,20 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         resume_state = load_checkpoint(last_path, map_location="cpu")
         saved = FitConfig.from_dict(resume_state["config"])
         # Everything that shapes the run comes from the checkpoint; only where and how
-        # long to run may change on resume.
+        # long to run may change on resume, and only when asked: epochs and patience
+        # left unset (None) are the run's own.
+        for key in ("epochs", "patience"):
+            given, own = getattr(cfg, key), getattr(saved, key)
+            if given is None:
+                cfg = replace(cfg, **{key: own})
+            elif given != own:
+                log.warning(
+                    "resuming with %s %s; the run was started with %s%s",
+                    key,
+                    given,
+                    own,
+                    " (the learning-rate schedule changes)" if key == "epochs" else "",
+                )
         cfg = FitConfig(
             **{
                 **{f.name: getattr(saved, f.name) for f in fields(FitConfig)},
@@ -336,6 +355,12 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         raise FileExistsError(
             f"{out} already holds a training run (last.pt); pass --resume to continue it "
             "or choose another --out"
+        )
+    else:
+        cfg = replace(
+            cfg,
+            epochs=DEFAULT_EPOCHS if cfg.epochs is None else cfg.epochs,
+            patience=DEFAULT_PATIENCE if cfg.patience is None else cfg.patience,
         )
 
     cache = Cache.open(cache_dir)

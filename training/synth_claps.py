@@ -30,6 +30,7 @@ import soxr
 from claudio_daemon.audio.io import read_audio
 from claudio_daemon.detect.claps import ClapDetector
 from claudio_daemon.detect.settings import ClapSettings
+from training.datasets.base import Problems, read_csv_rows
 
 log = logging.getLogger(__name__)
 
@@ -315,29 +316,40 @@ def finish_mix(
 
 
 def read_recordings(roots: Sequence[Path]) -> tuple[list[Recording], list[str]]:
-    """Every row of the given ESC-50 folders, and the union of their CSV columns."""
+    """Every row of the given ESC-50 folders, and the union of their CSV columns.
+
+    Read as `precache` reads them (`read_csv_rows`): a UTF-8 BOM (Excel) is accepted and
+    every problem names the file, line and column, all of them at once.
+    """
     recs: list[Recording] = []
     columns: list[str] = []
+    problems = Problems()
     for root in roots:
         meta = Path(root) / META
         if not meta.is_file():
             raise FileNotFoundError(f"{meta}: not an ESC-50 layout folder (meta/esc50.csv)")
-        with meta.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{meta}: missing columns {missing}")
-            columns += [c for c in reader.fieldnames or [] if c not in columns]
-            for row in reader:
-                recs.append(
-                    Recording(
-                        path=Path(root) / "audio" / row["filename"],
-                        fold=str(row["fold"]).strip(),
-                        category=row["category"],
-                        target=int(row["target"]),
-                        row=dict(row),
-                    )
+        for line, row in read_csv_rows(meta, REQUIRED_COLUMNS, problems):
+            columns += [c for c in row if c not in columns]
+            empty = [c for c in ("filename", "fold", "category") if not row[c]]
+            for col in empty:
+                problems.add(meta, line, "empty value", col)
+            try:
+                target = int(row["target"])
+            except ValueError:
+                problems.add(meta, line, f"target {row['target']!r} is not an integer", "target")
+                continue
+            if empty:
+                continue
+            recs.append(
+                Recording(
+                    path=Path(root) / "audio" / row["filename"],
+                    fold=row["fold"],
+                    category=row["category"],
+                    target=target,
+                    row=row,
                 )
+            )
+    problems.raise_if_any("ESC-50 metadata")
     return recs, columns
 
 

@@ -60,6 +60,11 @@ def read_csv_rows(
 
     Line numbers are the file's physical lines (1 = header; a quoted multi-line row reports
     its last line), so blank lines in between do not shift them.
+
+    A row with more fields than the header is a problem, not yielded: csv would file the
+    extras under no column, so `a.wav,dog,rain` silently lost `rain` (and with a fold
+    column after it, `rain` became the fold). Such rows are nearly always an unquoted
+    comma-separated multi-label field.
     """
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
@@ -73,6 +78,16 @@ def read_csv_rows(
             problems.raise_if_any(str(path))
         reader.fieldnames = header
         for row in reader:
+            extra = row.get(None)
+            if extra:
+                problems.add(
+                    path,
+                    reader.line_num,
+                    f"{len(header) + len(extra)} fields but the header has {len(header)} "
+                    f"({','.join(header)}); quote multi-label fields "
+                    '("dog,rain") or separate the labels with ";"',
+                )
+                continue
             yield reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None}
 
 
