@@ -97,8 +97,11 @@ class Pipeline:
                     ", ".join(f"{k} {v:g}" for k, v in sorted(taken.items())),
                 )
         self._set_thresholds(rules)
-        #: Whether the gate was open since the last classification point.
+        #: Whether the gate was open since the last classification point, and the loudest
+        #: level since then: a sound event tells how loud the sound was, not how loud the
+        #: room is by the time the point comes.
         self._active = False
+        self._loudest_db = -120.0
         self._last_reported: dict[str, int] = {}
         self._last_level_report = -(10**12)
         self._level_db = -120.0
@@ -190,9 +193,11 @@ class Pipeline:
             take = min(x.size - pos, point - self.stats.samples)
             out += self._process_piece(x[pos : pos + take])
             pos += take
-            if self.stats.samples == point and self._active:
+            if self.stats.samples == point:
+                if self._active:
+                    out += self._classify()
                 self._active = False
-                out += self._classify()
+                self._loudest_db = -120.0
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 
@@ -201,6 +206,7 @@ class Pipeline:
         for end, level_db, floor_db, is_active in self.gate.push(x):
             self._level_db, self._floor_db = level_db, floor_db
             self._active = self._active or is_active
+            self._loudest_db = max(self._loudest_db, level_db)
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
             # Every window while armed, not only while the gate is open: AWAY's own
             # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
@@ -257,7 +263,7 @@ class Pipeline:
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < self._thresholds.get(label, 1.1):
                 continue
-            event = SoundEvent(label=label, score=score, level_db=self._level_db, sample=now)
+            event = SoundEvent(label=label, score=score, level_db=self._loudest_db, sample=now)
             last = self._last_reported.get(label)
             self._last_reported[label] = now
             if last is None or now - last >= hold:

@@ -300,3 +300,13 @@ away: {armed: true, arm_delay_s: 0, margin_db: null, cooldown_s: 0, sounds: [gla
     clf = ScriptedClassifier([0.95] * 20)
     alerts = [e for e in _feed(Pipeline(rules, clf), x) if isinstance(e, Alert)]
     assert len(alerts) == 1 and len(clf.script) < 15  # many windows, one bark
+
+
+def test_a_sound_event_tells_how_loud_the_sound_was() -> None:
+    """The point of classification may come after a short sound ended: its event carries
+    the loudest level since the last point, not the room's level at that moment."""
+    x = np.concatenate([_noise(-70.0, 1.0, 4), _noise(-10.0, 0.3, 5), _noise(-70.0, 2.0, 6)])
+    events = _feed(Pipeline(parse_rules(GLASS), WindowContentClassifier()), x)
+    (sound,) = [e for e in events if isinstance(e, SoundEvent)]
+    assert sound.sample > 1.3 * SR  # classified after the sound had ended
+    assert -12.0 < sound.level_db < -8.0, sound.level_db

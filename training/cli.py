@@ -348,7 +348,8 @@ def fit(
         typer.Option(
             "--init-from",
             help="Start a new run (fresh optimiser and schedule) from this checkpoint's "
-            "weights; same labels, model and mel settings required.",
+            "weights; same model and mel settings required, labels may be added (they "
+            "start from scratch).",
         ),
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
