@@ -7,6 +7,7 @@ else in the daemon knows where its parts came from.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -46,6 +47,8 @@ MODEL_DIRS = (
     Path("/usr/share/claudio/models"),
 )
 RULES_CANDIDATES = (Path("/etc/claudio/rules.yaml"), Path("rules.yaml"))
+#: Where scripts/install-service.sh keeps the service's LoadCredential= files.
+SERVICE_CREDENTIALS = Path("/etc/claudio/credentials")
 
 
 class UserError(Exception):
@@ -56,22 +59,37 @@ def setup_logging(level: str) -> None:
     try:
         logs.setup_logging(level)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+        prefix = "<3>" if logs.stderr_is_journal() else ""
+        print(f"{prefix}error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 # ---------------------------------------------------------------------- configuration
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but a folder we may not enter (/etc/claudio is 0750 root:claudio) is
+    the user's to fix, said in one line, not a PermissionError traceback; nor is another
+    rules file quietly used instead."""
+    try:
+        return path.is_file()
+    except PermissionError:
+        raise UserError(
+            f"{path}: permission denied (run with sudo, join the claudio group, or pass "
+            "--rules FILE)"
+        ) from None
+
+
 def find_rules(path: Path | None) -> Path:
     if path is not None:
-        if not path.is_file():
+        if not _is_file(path):
             raise UserError(f"{path}: rules file not found")
         return path
     env = os.environ.get("CLAUDIO_RULES")
     if env:
         return find_rules(Path(env))
     for candidate in RULES_CANDIDATES:
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     raise UserError(
         "no rules file: pass --rules FILE, set CLAUDIO_RULES, or create "
@@ -401,7 +419,7 @@ def run_service(
     runner.on_listening = listening
     try:
         runner.run(source)
-    except AudioDeviceError as exc:
+    except (AudioDeviceError, AudioFileError) as exc:
         raise UserError(str(exc)) from exc
     finally:
         notifier.stopping()
@@ -423,11 +441,23 @@ def send_away(rules_path: Path, armed: bool) -> str:
     """Publish an AWAY command the running daemon picks up; returns the topic."""
     from claudio_daemon.mqtt.publisher import publish_once
     from claudio_daemon.mqtt.topics import STATE_OFF, STATE_ON, Topics
+    from claudio_daemon.rules.secrets import SecretError
 
     rules = load_rules_or_fail(rules_path)
     topic = Topics(rules.mqtt.topic_prefix).away_set
+    if not os.environ.get("CREDENTIALS_DIRECTORY"):
+        # The service's password file is named as ${CREDENTIALS_DIRECTORY}/..., which only
+        # systemd sets; from a shell, the install script's folder is where it comes from.
+        with contextlib.suppress(OSError):
+            if SERVICE_CREDENTIALS.is_dir():
+                os.environ["CREDENTIALS_DIRECTORY"] = str(SERVICE_CREDENTIALS)
     try:
         publish_once(rules.mqtt, topic, STATE_ON if armed else STATE_OFF)
+    except SecretError as exc:
+        raise UserError(
+            f"cannot read the MQTT password: {exc} (the service's credentials in "
+            f"{SERVICE_CREDENTIALS} need root: run it with sudo)"
+        ) from None
     except (OSError, ValueError, TimeoutError) as exc:
         raise UserError(
             f"could not reach the MQTT broker at {rules.mqtt.host}:{rules.mqtt.port}: {exc}"

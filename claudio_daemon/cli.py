@@ -15,11 +15,15 @@ from typing import Annotated, NoReturn
 import typer
 
 from claudio_daemon import __version__, app
+from claudio_daemon.service import logs
 
 cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Claudio: claps and recognised sounds become MQTT commands.",
+    # A crash is logged (main below), with a priority for the journal; typer's boxed
+    # traceback would print every frame's local variables, secrets included.
+    pretty_exceptions_enable=False,
 )
 log = logging.getLogger("claudio_daemon")
 
@@ -42,7 +46,10 @@ LogOpt = Annotated[
 
 
 def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    # Under systemd the journal files an unprefixed line at info, where `journalctl -p
+    # warning` would hide why the service did not start.
+    prefix = "<3>" if logs.stderr_is_journal() else ""
+    typer.echo(f"{prefix}error: {message}", err=True)
     raise typer.Exit(2)
 
 
@@ -204,7 +211,15 @@ _register_calibrate(cli)
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except Exception:
+        # A bug, not bad input: one logged record (a priority on every line under
+        # journald) and exit 1, so systemd restarts the service.
+        if not logging.getLogger().handlers:
+            logs.setup_logging("info")
+        log.critical("claudio-daemon stopped by an unexpected error", exc_info=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 #   secret    /etc/claudio/credentials/mqtt-password (0600, empty until you fill it in)
 #   unit      /etc/systemd/system/claudio-daemon.service, enabled and (re)started
 set -euo pipefail
+# The venv and models must be readable by the service user, whatever root's umask is.
+umask 022
 
 src="$(cd "$(dirname "$0")/.." && pwd)"
 prefix=/opt/claudio

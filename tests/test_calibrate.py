@@ -404,3 +404,31 @@ def test_early_clap_warning_in_the_proposal() -> None:
     assert "1 clap-like sound(s) as loud as a clap" in p.warnings[0]
     assert "keep quiet until you are prompted" in p.warnings[0]
     assert p.warnings[1].startswith("heard 1 clap-like sound(s) while measuring")
+
+
+def test_sudo_calibrate_writes_where_the_installed_service_reads(
+    recording: Recording, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a shell there is no $STATE_DIRECTORY: the file went to root's home, which the
+    service never reads, with "restart the daemon to use it"."""
+    from claudio_daemon.calibrate import session
+
+    service = tmp_path / "var-lib-claudio"  # stands for /var/lib/claudio
+    service.mkdir()
+    monkeypatch.setattr(session, "SERVICE_STATE", service)
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "root-home"))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("appliances: {}\n")  # audio.calibration left at its default
+
+    def calibrate(out: Path | None) -> str:
+        opts = CalibrateOptions(rules=rules, input_file=recording.path, yes=True, out=out)
+        text = io.StringIO()
+        run_calibration(opts, out=text, err=io.StringIO(), stdin_interactive=False)
+        return text.getvalue()
+
+    said = calibrate(None)
+    assert f"wrote {service / 'calibration.yaml'}" in said
+    assert "restart the daemon" in said and "note:" not in said
+    said = calibrate(tmp_path / "elsewhere.yaml")
+    assert f"note: the daemon reads {service / 'calibration.yaml'}" in said

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -317,7 +318,12 @@ def test_rules_reload_while_running(
     # claps (the event entity rejects event types it was not told about).
     node = "claudio-test"
     with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/#"]) as ha:
-        ha.wait_for(lambda m: any(t.endswith("/claps/config") for t, _, _ in m), timeout=5)
+        wanted = (
+            f"homeassistant/event/{node}/claps/config",
+            f"homeassistant/device_automation/{node}/claps_4/config",
+        )
+        ha.wait_for(lambda m: set(wanted) <= {t for t, _, _ in m}, timeout=5)
+        time.sleep(0.3)  # the rest of the retained configs (claps_3's would come now)
         configs = {t: json.loads(p) for t, p, _ in ha.messages if p}
     assert "claps_4" in configs[f"homeassistant/event/{node}/claps/config"]["event_types"]
     assert f"homeassistant/device_automation/{node}/claps_4/config" in configs
@@ -420,3 +426,74 @@ def test_status_keeps_showing_a_rejected_edit(tiny_onnx_model: Path, tmp_path: P
     assert any("rejected" in m for m in status) and len(periodic) >= 2, status
     assert "last edit of rules.yaml rejected: " in periodic[-1], periodic[-1]
     assert "triggers[1].claps" in periodic[-1]
+
+
+def test_rules_in_a_folder_the_user_may_not_enter_is_one_line(tmp_path: Path) -> None:
+    """/etc/claudio is 0750 root:claudio: `claudio-daemon away on` by someone outside the
+    group was a PermissionError traceback."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    etc = Path(tempfile.mkdtemp(prefix="claudio-etc-"))
+    try:
+        etc.chmod(0o700)
+        shutil.copy(ROOT / "rules.yaml", etc / "rules.yaml")
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            + daemon_cmd("away", "on", "--rules", str(etc / "rules.yaml")),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": "/tmp"},
+        )
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {etc / 'rules.yaml'}: permission denied (run with sudo, join the claudio "
+        "group, or pass --rules FILE)"
+    ]
+
+
+def test_away_from_a_shell_reads_the_services_credential(mosquitto_auth, tmp_path: Path) -> None:
+    """The README's password setup names ${CREDENTIALS_DIRECTORY}, which only systemd sets:
+    `sudo claudio-daemon away on` reads the install script's credentials folder instead,
+    and without it says so (it claimed the broker could not be reached)."""
+    rules = write_rules(tmp_path / "rules.yaml", port=mosquitto_auth.port)
+    rules.write_text(
+        rules.read_text().replace(
+            "  client_id: claudio-test\n",
+            f"  client_id: claudio-test\n  username: {mosquitto_auth.username}\n"
+            "  password_file: ${CREDENTIALS_DIRECTORY}/mqtt-password\n",
+        )
+    )
+    creds = tmp_path / "credentials"  # stands for /etc/claudio/credentials
+    creds.mkdir()
+    (creds / "mqtt-password").write_text(mosquitto_auth.password + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom claudio_daemon import app, cli\n"
+        "app.SERVICE_CREDENTIALS = Path(sys.argv[1])\n"
+        "sys.argv = ['claudio-daemon', 'away', 'on', '--rules', sys.argv[2]]\ncli.main()\n"
+    )
+
+    def away(folder: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, str(folder), str(rules)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = away(creds)  # the broker acknowledged it: logged in with that password
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "AWAY on: sent to claudio/away/set"
+    missing = away(tmp_path / "no-such-folder")
+    assert missing.returncode == 2
+    assert "cannot read the MQTT password" in missing.stderr and "sudo" in missing.stderr
+    assert "could not reach" not in missing.stderr

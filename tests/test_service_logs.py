@@ -86,3 +86,57 @@ def test_levels() -> None:
     with pytest.raises(ValueError, match="'loud' is not one of: debug, info"):
         parse_level("loud")
     assert [syslog_priority(n) for n in (10, 20, 25, 30, 40, 50)] == [7, 6, 6, 4, 3, 2]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _under_journal(tmp_path: Path, argv: list[str], env: dict[str, str] | None = None):
+    """Run with stderr as the 'journal' stream (JOURNAL_STREAM names its device:inode)."""
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        st = os.fstat(f.fileno())
+        full = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", **(env or {})}
+        full.pop("NOTIFY_SOCKET", None)
+        proc = subprocess.run(
+            argv, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=f, text=True, timeout=120
+        )
+    return proc.returncode, [line for line in err.read_text().splitlines() if line.strip()]
+
+
+def test_start_up_errors_reach_the_journal_as_errors(tmp_path: Path) -> None:
+    """`journalctl -u claudio-daemon -p warning` must show why the service did not start:
+    an unprefixed line is filed at info."""
+    daemon = [sys.executable, "-m", "claudio_daemon"]
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("mqtt:\n  hots: x\n")
+    for argv, env in (
+        ([*daemon, "run", "--rules", str(tmp_path / "nope.yaml")], None),
+        ([*daemon, "run", "--rules", str(broken)], None),
+        ([*daemon, "run", "--rules", str(broken)], {"CLAUDIO_LOG_LEVEL": "verbose"}),
+    ):
+        code, lines = _under_journal(tmp_path, argv, env)
+        assert code == 2 and lines, (argv, env, lines)
+        assert all(line.startswith("<3>error: ") for line in lines), lines
+
+
+def test_a_crash_is_logged_critical_without_the_frames_locals(tmp_path: Path) -> None:
+    """A bug (here: the pipeline raising) stops the daemon with exit 1 and a traceback
+    whose every line carries a priority, and no local variables (typer printed them all,
+    secrets included)."""
+    script = (
+        "import sys\n"
+        "from claudio_daemon import cli, pipeline\n"
+        "def boom(self, samples):\n"
+        "    looks_secret = 'hunter2'\n"
+        "    raise RuntimeError('unexpected bug')\n"
+        "pipeline.Pipeline.process = boom\n"
+        "sys.argv = ['claudio-daemon', 'replay', sys.argv[1], '--rules', sys.argv[2]]\n"
+        "cli.main()\n"
+    )
+    argv = [sys.executable, "-c", script, str(ROOT / "demo" / "claps-demo.flac")]
+    code, lines = _under_journal(tmp_path, [*argv, str(ROOT / "rules.yaml")])
+    assert code == 1
+    assert any("unexpected bug" in line for line in lines)
+    assert lines[0].startswith("<2>") and all(line.startswith("<") for line in lines), lines
+    assert not any("hunter2" in line for line in lines)

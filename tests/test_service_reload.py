@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -445,3 +447,52 @@ triggers:
     (hint,) = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
     assert "audio:" in hint and "model:" not in hint
     assert "systemctl restart claudio-daemon)" in hint
+
+
+def test_an_edit_the_service_cannot_read_is_said_once(tmp_path: Path) -> None:
+    """An editor that renames a root-only 0600 file over rules.yaml: the service (not root)
+    used to take the file for vanished, forever and without a word."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the watcher as another user")
+    folder = Path(tempfile.mkdtemp(prefix="claudio-unreadable-"))  # tmp_path is 0700
+    try:
+        folder.chmod(0o755)
+        rules = folder / "rules.yaml"
+        rules.write_text("appliances: {}\n")
+        rules.chmod(0o644)
+        script = (
+            "import logging, sys\n"
+            "from pathlib import Path\n"
+            "from claudio_daemon.service.reload import Reloader\n"
+            "from claudio_daemon.rules.loader import load_rules\n"
+            "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+            "t = [0.0]\n"
+            "r = Reloader(Path(sys.argv[1]), load=load_rules, apply=lambda v: None)\n"
+            "r.watcher._clock = lambda: t[0]\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "for _ in range(6):\n"
+            "    t[0] += 1.0\n"
+            "    print(r.check().value, flush=True)\n"
+        )
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            + [sys.executable, "-c", script, str(rules)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "HOME": "/tmp"},
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        new = folder / "rules.yaml.new"
+        new.write_text("appliances: {}\n# edited as root\n")
+        new.chmod(0o600)
+        os.replace(new, rules)
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert out.split().count("rejected") == 1, out
+    (line,) = [x for x in err.splitlines() if x.startswith("ERROR")]
+    assert "Permission denied" in line and "keeping the previous rules" in line

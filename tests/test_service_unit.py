@@ -117,6 +117,8 @@ def test_credential_is_loaded_from_a_file_the_install_script_creates(
     assert f'"$confdir/{rel}"' in script and "install -m 0600" in script
     # and the other paths the unit relies on are the ones the script fills
     assert "prefix=/opt/claudio" in script and '"$prefix/.venv"' in script
+    # ...readable by the service user even when root's umask is 077
+    assert script.index("\numask 022\n") < script.index('"$prefix/.venv"')
     assert one(unit, "ExecStart").startswith("/opt/claudio/.venv/bin/")
     assert '"$confdir/claudio.env"' in script and "confdir=/etc/claudio" in script
     assert '"$confdir/rules.yaml"' in script

@@ -423,6 +423,7 @@ class MicSource:
 
     def _reopen(self) -> Any | None:
         """Retry until a stream opens or close() is called; None when closed."""
+        failures = 0
         while not self._closed.is_set():
             deadline = time.monotonic() + self._backoff.delay_s
             self._backoff.failed()
@@ -440,10 +441,16 @@ class MicSource:
                 self.reopens += 1
                 return stream
             except Exception as exc:
-                log.warning(
-                    "audio input still unavailable (%s); retrying in %.1f s",
+                # Every attempt at first, then one in ten: a microphone left unplugged for
+                # a week is not 2,880 journal lines a day.
+                failures += 1
+                level = logging.WARNING if failures <= 5 or failures % 10 == 0 else logging.DEBUG
+                log.log(
+                    level,
+                    "audio input still unavailable (%s); retrying in %.1f s (attempt %d)",
                     exc,
                     self._backoff.delay_s,
+                    failures,
                 )
         return None
 

@@ -41,7 +41,8 @@ def calibrate(
             "--out",
             "-o",
             help="Calibration file to write (default: the rules' audio.calibration, else "
-            "$STATE_DIRECTORY or ~/.local/state/claudio/calibration.yaml).",
+            "the installed service's /var/lib/claudio/calibration.yaml, else "
+            "~/.local/state/claudio/calibration.yaml).",
         ),
     ] = None,
     noise_seconds: Annotated[
@@ -60,8 +61,9 @@ def calibrate(
 ) -> None:
     """Measure the room's background and your claps; write the clap detector's calibration.
 
-    The daemon reads the file when it starts. For the service, write where it looks:
-    --out /var/lib/claudio/calibration.yaml, or set audio.calibration in rules.yaml.
+    The daemon reads the file when it starts; by default it is written where the daemon
+    will look (for the installed service: sudo, and stop the service first, which holds
+    the microphone).
     """
     from claudio_daemon import app
 

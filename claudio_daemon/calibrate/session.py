@@ -156,6 +156,31 @@ def _load_rules(path: Path | None) -> RulesFile | None:
         raise CalibrationFailed(str(exc), 2) from exc
 
 
+#: The installed service's StateDirectory= (systemd sets $STATE_DIRECTORY to it there only).
+SERVICE_STATE = Path("/var/lib/claudio")
+
+
+def daemon_reads(rules: RulesFile | None) -> Path | None:
+    """The calibration file the daemon will read (None: rules.yaml switched it off).
+
+    rules.yaml's own `audio.calibration` when it names one; else, where the service is
+    installed, its state directory: a shell has no $STATE_DIRECTORY, and `sudo claudio-daemon
+    calibrate` wrote to root's home, which the service never reads.
+    """
+    if rules is not None and "calibration" in rules.audio.model_fields_set:
+        return rules.audio.calibration
+    if not os.environ.get("STATE_DIRECTORY") and _is_dir(SERVICE_STATE):
+        return SERVICE_STATE / "calibration.yaml"
+    return rules.audio.calibration if rules is not None else default_calibration_path()
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _pick_device(err: TextIO) -> str:
     try:
         devices = list_input_devices()
@@ -339,8 +364,7 @@ def run_calibration(
         )
     rules = _load_rules(opts.rules)
     settings = rules.claps if rules is not None else ClapSettings()
-    target = opts.out or (rules.audio.calibration if rules is not None else None)
-    target = target or default_calibration_path()
+    target = opts.out or daemon_reads(rules) or default_calibration_path()
     sr = FrontEndConfig().sample_rate
 
     source: FileSource | MicSource
@@ -401,7 +425,7 @@ def run_calibration(
     except CalibrationError as exc:
         raise CalibrationFailed(str(exc), 2) from exc
     out.write(f"wrote {target}\n")
-    used = rules.audio.calibration if rules is not None else default_calibration_path()
+    used = daemon_reads(rules)
     if used is None:
         out.write(
             "note: rules.yaml sets audio.calibration to null, so the daemon will not read "

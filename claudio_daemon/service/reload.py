@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 # (mtime_ns, size, inode, device): cheap to get, and any real edit changes at least one.
 _Signature = tuple[int, int, int, int]
+#: Stand for the content and the signature of a file that exists but cannot be read.
+_UNREADABLE = b"unreadable"
+_OUT_OF_REACH: _Signature = (-1, -1, -1, -1)
 
 
 class FileWatcher:
@@ -99,6 +102,9 @@ class FileWatcher:
         digest = self._hash()
         if digest is None:  # vanished between stat and read
             return False
+        if digest == _UNREADABLE and self._digest == _UNREADABLE:
+            self._sig = sig
+            return False  # still unreadable: said once
         self._sig = sig
         if digest == self._digest:
             return False  # touched, or rewritten with the same bytes
@@ -111,15 +117,22 @@ class FileWatcher:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
+            # There, but out of reach (a folder made 0700): a change to report once, like
+            # an unreadable file, not a file that vanished.
             log.debug("cannot stat %s: %s", self.path, exc)
-            return None
+            return _OUT_OF_REACH
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def _hash(self) -> bytes | None:
+        """The content's hash; None when the file is gone, _UNREADABLE when it is there but
+        cannot be read (an edit saved as root with mode 0600): that is a change too, so the
+        loader says why the edit is not applied instead of nothing at all."""
         try:
             return hashlib.sha256(self.path.read_bytes()).digest()
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError:
+            return _UNREADABLE
 
 
 class ReloadResult(enum.Enum):
