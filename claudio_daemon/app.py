@@ -391,7 +391,14 @@ def run_service(
             source = MicSource(
                 spec, sr, block_size=parts.rules.audio.block_size, wait_for_device=wait
             )
-            source.heartbeat = notifier.watchdog
+            mic = source
+
+            def heartbeat() -> None:
+                notifier.watchdog()
+                if mic.waiting:
+                    runner.idle()
+
+            source.heartbeat = heartbeat
             where = f"microphone {spec if spec is not None else '(default)'}"
             source.on_waiting = lambda why: notifier.ready(f"waiting for {where}: {why}")
     except (AudioDeviceError, AudioFileError) as exc:

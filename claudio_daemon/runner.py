@@ -131,6 +131,13 @@ class Runner:
         note = self.status_note() if self.status_note is not None else None
         return f"{line}; {note}" if note else line
 
+    def idle(self) -> None:
+        """While no audio comes (a microphone waited for), on the audio loop's thread: MQTT
+        commands and rules edits are still applied, not held until the device is back."""
+        self._apply_commands()
+        if self.housekeeping is not None:
+            self.housekeeping()
+
     def _apply_commands(self) -> None:
         while True:
             try:

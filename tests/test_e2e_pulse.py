@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from claudio_daemon.mqtt.publisher import publish_once
+from claudio_daemon.rules.loader import load_rules
 from tests.daemon_helpers import Daemon, NotifySocket, write_rules, write_wav
 from tests.fixtures.broker import Broker, Subscriber
 from tests.fixtures.pulse import PulseServer
@@ -28,6 +30,7 @@ scenes = pytest.importorskip("bench.scenes")
 LAMP = "cmnd/lamp/POWER"
 TV = "zigbee2mqtt/living_room_tv/set"
 AVAILABLE = "claudio/available"
+AWAY_STATE = "claudio/away/state"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,11 @@ def test_claps_into_the_microphone_switch_lamp_and_tv(
             notify.wait_for("READY=1", timeout=30)
             if not mic_at_start:
                 assert any("waiting for microphone" in m for m in notify.messages)
-                time.sleep(1.0)
+                # Still a service while it waits: an AWAY command is applied now, not once
+                # the microphone is back.
+                sub.wait_for(lambda m: any(t == AWAY_STATE for t, _, _ in m), timeout=10)
+                publish_once(load_rules(rules).mqtt, "claudio/away/set", "ON")
+                sub.wait_for(lambda m: any(t == AWAY_STATE and p == b"ON" for t, p, _ in m))
                 assert daemon.proc.poll() is None, "the daemon gave up on a missing microphone"
                 pulse.add_sink()
                 plugged = True

@@ -237,17 +237,22 @@ def test_started_while_broker_is_down(mosquitto, started, caplog) -> None:
         assert sub.wait_for(lambda m: m, 5)[0][1] == b"EARLY"
 
 
+def _ride_out_an_outage(broker, started) -> None:  # noqa: ANN001
+    """A connected publisher, the broker down for ~10 reconnect attempts, then back."""
+    p = start(started, settings_for(broker, reconnect_min_s=0.1, reconnect_max_s=0.2))
+    assert p.wait_connected(5)
+    broker.stop()
+    time.sleep(2.5)
+    broker.start()
+    assert p.wait_connected(5)
+
+
 def test_broker_outage_is_one_warning_not_an_error_per_retry(mosquitto, started, caplog) -> None:
     # paho logs "Client is not connected" at ERROR on every reconnect attempt; with the
     # defaults that is one ERROR a minute in the journal for as long as the broker is down.
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="claudio_daemon.mqtt.publisher.paho")
-    p = start(started, settings_for(mosquitto, reconnect_min_s=0.1, reconnect_max_s=0.2))
-    assert p.wait_connected(5)
-    mosquitto.stop()
-    time.sleep(2.5)  # ~10 reconnect attempts
-    mosquitto.start()
-    assert p.wait_connected(5)
+    _ride_out_an_outage(mosquitto, started)
     paho = [r for r in caplog.records if r.getMessage().startswith("Client is not connected")]
     assert paho, "expected paho's not-connected lines in the DEBUG trace"
     assert all(r.levelno == logging.DEBUG for r in paho)
@@ -272,12 +277,7 @@ def test_broker_outage_writes_no_paho_line_per_retry_at_info(mosquitto, started)
     buf = io.StringIO()
     handler = logs.setup_logging("info", journald=False, stream=buf)
     try:
-        p = start(started, settings_for(mosquitto, reconnect_min_s=0.1, reconnect_max_s=0.2))
-        assert p.wait_connected(5)
-        mosquitto.stop()
-        time.sleep(2.5)  # ~10 reconnect attempts
-        mosquitto.start()
-        assert p.wait_connected(5)
+        _ride_out_an_outage(mosquitto, started)
     finally:
         logging.getLogger().removeHandler(handler)
     written = buf.getvalue()

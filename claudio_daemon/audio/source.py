@@ -354,6 +354,8 @@ class MicSource:
         #: Called while waiting for audio or for a device to come back, so the service
         #: watchdog knows the loop is alive (a lost microphone is retried, not fatal).
         self.heartbeat: Callable[[], object] | None = None
+        #: True while no stream is open (between a failure and the reopen that works).
+        self.waiting = False
         #: Called once, with the reason, when blocks() starts waiting for a device that is
         #: missing or busy at start-up (wait_for_device), so the service can say so.
         self.on_waiting: Callable[[str], object] | None = None
@@ -423,6 +425,13 @@ class MicSource:
 
     def _reopen(self) -> Any | None:
         """Retry until a stream opens or close() is called; None when closed."""
+        self.waiting = True
+        try:
+            return self._retry()
+        finally:
+            self.waiting = False
+
+    def _retry(self) -> Any | None:
         failures = 0
         while not self._closed.is_set():
             deadline = time.monotonic() + self._backoff.delay_s
