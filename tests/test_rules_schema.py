@@ -492,3 +492,15 @@ def test_same_rules_compare_equal_whatever_the_layout():
     b = parse("# moved around\n" + BASE + "triggers: [{claps: 2, actions: [lamp]}]\n")
     c = parse(BASE + "triggers: [{claps: 3, actions: [lamp]}]\n")
     assert a == b and a != c
+
+
+def test_device_numbering_the_firmware_would_get_wrong() -> None:
+    """Tasmota's POWER0 switches every output at once; a Shelly Plus/Pro (Gen2+) takes no
+    Gen1 relay commands and would silently do nothing."""
+    (line,) = problems(BASE.replace("    topic: lamp\n", "    topic: lamp\n    channel: 0\n"))
+    assert "rules.yaml:2: appliances.lamp" in line and "count from 1" in line
+    for device in ("shellyplus1pm-A8032AB12345", "shellypro4pm-X", "shelly1pmg3-8CBF"):
+        (line,) = problems(BASE + f"  plug:\n    preset: shelly\n    topic: {device}\n")
+        assert "Gen2+" in line and "preset plain" in line, line
+    for gen1 in ("shelly1-AB", "shellyplug-s-7C87", "shellyswitch25-1234"):
+        assert parse(BASE + f"  plug:\n    preset: shelly\n    topic: {gen1}\n")

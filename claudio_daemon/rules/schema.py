@@ -41,6 +41,8 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=100, strip_whi
 _TOPIC_BAD = re.compile(r"[+#\x00]")
 _HHMM = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 _DAY_S = 24 * 3600
+#: Default ids of Shelly Plus, Pro and Gen3/4 devices (shellyplus1pm-..., shelly1pmg3-...).
+_SHELLY_RPC_ID = re.compile(r"shelly(plus|pro)|shelly[a-z0-9]*g[34]-")
 #: How far above the room's noise floor a sound must stand for an AWAY level alert with an
 #: absolute min_level_db (the level gate opens at the same margin).
 LEVEL_STANDOUT_DB = 6.0
@@ -199,7 +201,8 @@ class Appliance(StrictModel):
         None,
         ge=0,
         le=32,
-        description="Relay number: Tasmota POWER<n> (unset: POWER), Shelly relay/<n> (unset: 0).",
+        description="Relay number: Tasmota POWER<n> from 1 (unset: POWER, the first), Shelly "
+        "(Gen1) relay/<n> from 0 (unset: 0).",
     )
     base_topic: str | None = Field(
         None, max_length=200, description="Zigbee2MQTT base topic if not 'zigbee2mqtt'."
@@ -250,6 +253,18 @@ class Appliance(StrictModel):
             raise ValueError(f"preset {self.preset} needs topic (the {what[self.preset]})")
         if self.channel is not None and self.preset not in ("tasmota", "shelly"):
             raise ValueError("channel applies to the tasmota and shelly presets only")
+        if self.channel == 0 and self.preset == "tasmota":
+            # Tasmota's POWER0 switches every output of the device at once.
+            raise ValueError(
+                "Tasmota relays count from 1 (POWER0 switches them all); leave channel out "
+                "for the first"
+            )
+        if self.preset == "shelly" and self.topic and _SHELLY_RPC_ID.match(self.topic.lower()):
+            raise ValueError(
+                f"{self.topic!r} looks like a Shelly Plus/Pro (Gen2+), which takes commands "
+                "over RPC, not shellies/<id>/relay/<n>/command: use preset plain with its "
+                "<id>/rpc topic and Switch.Set payloads"
+            )
         if self.base_topic is not None and self.preset != "zigbee2mqtt":
             raise ValueError("base_topic applies to the zigbee2mqtt preset only")
         return self
