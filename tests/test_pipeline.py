@@ -38,8 +38,10 @@ def test_reload_keeps_a_calibrated_detector() -> None:
     assert pipeline.claps.settings.onset_threshold_db == 12.0
 
 
-def _run(pipeline: Pipeline, x, reload_at_s: float | None = None, rules: str = "") -> list:
-    events, block = [], 1024
+def _run(
+    pipeline: Pipeline, x, reload_at_s: float | None = None, rules: str = "", block: int = 1024
+) -> list:
+    events = []
     for i in range(0, len(x), block):
         if reload_at_s is not None and i <= reload_at_s * SR < i + block:
             pipeline.replace_rules(parse_rules(rules))
@@ -215,10 +217,7 @@ def test_the_same_sounds_whatever_the_block_size(shared_data) -> None:  # noqa: 
     rules = parse_rules(RULES + "sounds:\n  default_threshold: 0.5\n")
 
     def sounds(block: int) -> list[tuple[str, int, float]]:
-        p = Pipeline(rules, clf)
-        out = []
-        for i in range(0, x.size, block):
-            out += p.process(x[i : i + block])
+        out = _run(Pipeline(rules, clf), x, block=block)
         return [(e.label, e.sample, round(e.score, 6)) for e in out if isinstance(e, SoundEvent)]
 
     live = sounds(1024)
@@ -240,13 +239,6 @@ class WindowContentClassifier(ScriptedClassifier):
         return {"glass_breaking": 0.99 if float(w.max() - w.min()) > 10.0 else 0.0, "dog": 0.0}
 
 
-def _feed(p: Pipeline, x: np.ndarray, block: int = 1024) -> list:
-    out = []
-    for i in range(0, x.size, block):
-        out += p.process(x[i : i + block])
-    return out
-
-
 def test_classify_every_longer_than_the_window_still_hears_a_short_sound() -> None:
     """classify_every_s may be up to 10 s, the model hears 5.94 s: points stay at most half
     a window apart, so a 0.5 s sound right after one is inside the window at the next."""
@@ -259,7 +251,7 @@ def test_classify_every_longer_than_the_window_still_hears_a_short_sound() -> No
         [np.zeros(SR, np.float32), _noise(-10.0, 0.5, 0), np.zeros(int(18.5 * SR), np.float32)]
     )
     clf = WindowContentClassifier()
-    events = _feed(Pipeline(rules, clf), x)
+    events = _run(Pipeline(rules, clf), x)
     assert [e.label for e in events if isinstance(e, SoundEvent)] == ["glass_breaking"]
     assert clf.calls <= 3  # still about one classification per interval, not per block
 
@@ -276,7 +268,7 @@ def test_away_min_level_alerts_on_a_new_noise_not_for_as_long_as_it_runs() -> No
     """A dehumidifier at -30 dBFS switched on in a quiet room alerts (it is new), then
     becomes the room's floor: no alert and lamps ON every cooldown all night."""
     x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-30.0, 120.0, 2)])
-    events = _feed(Pipeline(parse_rules(AWAY_MIN_LEVEL), None), x, 4096)
+    events = _run(Pipeline(parse_rules(AWAY_MIN_LEVEL), None), x, block=4096)
     alerts = [e for e in events if isinstance(e, Alert)]
     assert 1 <= len(alerts) <= 2, [round(a.sample / SR, 1) for a in alerts]
     assert alerts[0].sample < 6 * SR
@@ -298,7 +290,7 @@ away: {armed: true, arm_delay_s: 0, margin_db: null, cooldown_s: 0, sounds: [gla
         [np.zeros(2 * SR, np.float32), _noise(-10.0, 5.0, 3), np.zeros(2 * SR, np.float32)]
     )
     clf = ScriptedClassifier([0.95] * 20)
-    alerts = [e for e in _feed(Pipeline(rules, clf), x) if isinstance(e, Alert)]
+    alerts = [e for e in _run(Pipeline(rules, clf), x) if isinstance(e, Alert)]
     assert len(alerts) == 1 and len(clf.script) < 15  # many windows, one bark
 
 
@@ -306,7 +298,7 @@ def test_a_sound_event_tells_how_loud_the_sound_was() -> None:
     """The point of classification may come after a short sound ended: its event carries
     the loudest level since the last point, not the room's level at that moment."""
     x = np.concatenate([_noise(-70.0, 1.0, 4), _noise(-10.0, 0.3, 5), _noise(-70.0, 2.0, 6)])
-    events = _feed(Pipeline(parse_rules(GLASS), WindowContentClassifier()), x)
+    events = _run(Pipeline(parse_rules(GLASS), WindowContentClassifier()), x)
     (sound,) = [e for e in events if isinstance(e, SoundEvent)]
     assert sound.sample > 1.3 * SR  # classified after the sound had ended
     assert -12.0 < sound.level_db < -8.0, sound.level_db
