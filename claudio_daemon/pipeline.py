@@ -122,17 +122,19 @@ class Pipeline:
         return apply_calibration(settings, self.calibration)
 
     def _set_thresholds(self, rules: RulesFile) -> None:
-        """Lowest score at which each label is worth reporting: a rule or AWAY mode may ask
-        for less than the default threshold."""
+        """Lowest score at which each label is worth reporting: a rule may ask for less
+        than the default threshold, and so may AWAY mode, but only while it is armed (a
+        disarmed house would otherwise publish every faint guess AWAY listens for)."""
         labels = self.classifier.labels if self.classifier is not None else ()
-        thresholds = {label: rules.sounds.threshold(label) for label in labels}
+        home = {label: rules.sounds.threshold(label) for label in labels}
         for trig in rules.triggers:
-            if trig.enabled and trig.sound in thresholds and trig.min_score is not None:
-                thresholds[trig.sound] = min(thresholds[trig.sound], trig.min_score)
+            if trig.enabled and trig.sound in home and trig.min_score is not None:
+                home[trig.sound] = min(home[trig.sound], trig.min_score)
+        away = dict(home)
         for label in labels:
             if rules.away.counts(label):
-                thresholds[label] = min(thresholds[label], rules.away.min_score)
-        self._thresholds = thresholds
+                away[label] = min(away[label], rules.away.min_score)
+        self._thresholds_home, self._thresholds_away = home, away
 
     def _audio_clock(self, start: datetime) -> Callable[[], datetime]:
         return lambda: start + timedelta(seconds=self.stats.samples / self.sample_rate)
@@ -259,9 +261,10 @@ class Pipeline:
         self.stats.classifications += 1
         scores = self.classifier.scores(self.mel.window())
         hold = self.rules.sounds.hold_s * self.sample_rate
+        thresholds = self._thresholds_away if self.engine.away else self._thresholds_home
         out: list[Event] = []
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
-            if score < self._thresholds.get(label, 1.1):
+            if score < thresholds.get(label, 1.1):
                 continue
             event = SoundEvent(label=label, score=score, level_db=self._loudest_db, sample=now)
             last = self._last_reported.get(label)

@@ -152,6 +152,24 @@ def test_rules_and_away_hear_windows_that_the_event_hold_keeps_back() -> None:
     assert [round(e.score, 2) for e in events if isinstance(e, Alert)] == [0.95]
 
 
+def test_away_min_score_lowers_reporting_only_while_armed() -> None:
+    # AWAY asks for glass at 0.5, below the 0.8 reporting threshold. Disarmed, a 0.6 guess
+    # is no sound event (it would be published to MQTT and Home Assistant all day long);
+    # armed, it is reported and alerts.
+    x = np.concatenate([np.zeros(2 * SR, np.float32), _noise(-10.0, 1.0, 0)])
+    rules = GLASS.split("triggers:")[0] + (
+        "away: {armed: false, arm_delay_s: 0, margin_db: null, min_score: 0.5,\n"
+        "       sounds: [glass_breaking], actions: [lamp]}\n"
+    )
+    home = _run(Pipeline(parse_rules(rules), ScriptedClassifier([0.6, 0.6])), x)
+    assert [e for e in home if isinstance(e, (SoundEvent, Alert))] == []
+    pipeline = Pipeline(parse_rules(rules), ScriptedClassifier([0.6, 0.6]))
+    pipeline.set_away(True, "test")
+    away = _run(pipeline, x)
+    assert [round(e.score, 1) for e in away if isinstance(e, SoundEvent)] == [0.6]
+    assert [round(e.score, 1) for e in away if isinstance(e, Alert)] == [0.6]
+
+
 AWAY_LEVEL = """\
 audio: {calibration: null}
 appliances:
