@@ -294,6 +294,7 @@ def run_replay(
     model_path: Path | None,
     json_out: TextIO | None,
     json_levels: bool = False,
+    text_out: TextIO | None = None,
     realtime: bool = False,
     publish: bool = False,
     use_classifier: bool = True,
@@ -307,7 +308,7 @@ def run_replay(
         use_classifier=use_classifier,
         starts_at=starts_at or datetime.now(),
     )
-    runner = Runner(parts.pipeline, json_out=json_out, json_levels=json_levels)
+    runner = Runner(parts.pipeline, json_out=json_out, json_levels=json_levels, text_out=text_out)
     try:
         # The live block size, as the sound card cuts the audio (the pipeline's results
         # do not depend on it; log and JSON timings of a block's events then match too).
@@ -444,22 +445,30 @@ def input_devices() -> list[InputDevice]:
         raise UserError(str(exc)) from exc
 
 
+#: How long `away on/off` waits for the daemon to report the new state.
+AWAY_CONFIRM_S = 5.0
+
+
 def send_away(rules_path: Path, armed: bool) -> str:
-    """Publish an AWAY command the running daemon picks up; returns the topic."""
-    from claudio_daemon.mqtt.publisher import publish_once
+    """Publish an AWAY command and wait for the running daemon to report the new state;
+    returns the topic. UserError when no daemon answered: the broker takes a command
+    whether or not anyone listens, and "sent" must not read as "the house is armed"."""
+    from claudio_daemon.mqtt.publisher import Confirm, publish_once
     from claudio_daemon.mqtt.topics import STATE_OFF, STATE_ON, Topics
     from claudio_daemon.rules.secrets import SecretError
 
     rules = load_rules_or_fail(rules_path)
-    topic = Topics(rules.mqtt.topic_prefix).away_set
+    topics = Topics(rules.mqtt.topic_prefix)
+    state = STATE_ON if armed else STATE_OFF
     if not os.environ.get("CREDENTIALS_DIRECTORY"):
         # The service's password file is named as ${CREDENTIALS_DIRECTORY}/..., which only
         # systemd sets; from a shell, the install script's folder is where it comes from.
         with contextlib.suppress(OSError):
             if SERVICE_CREDENTIALS.is_dir():
                 os.environ["CREDENTIALS_DIRECTORY"] = str(SERVICE_CREDENTIALS)
+    confirm = Confirm(topics.away_state, state.encode(), topics.available, AWAY_CONFIRM_S)
     try:
-        publish_once(rules.mqtt, topic, STATE_ON if armed else STATE_OFF)
+        answer = publish_once(rules.mqtt, topics.away_set, state, confirm=confirm)
     except SecretError as exc:
         raise UserError(
             f"cannot read the MQTT password: {exc} (the service's credentials in "
@@ -469,4 +478,15 @@ def send_away(rules_path: Path, armed: bool) -> str:
         raise UserError(
             f"could not reach the MQTT broker at {rules.mqtt.host}:{rules.mqtt.port}: {exc}"
         ) from exc
-    return topic
+    if answer is None or not answer.confirmed:
+        said = (
+            f"it last said '{answer.available}' on {topics.available}"
+            if answer is not None and answer.available
+            else f"nothing on {topics.available}"
+        )
+        raise UserError(
+            f"sent to {topics.away_set}, but no daemon confirmed it within "
+            f"{AWAY_CONFIRM_S:g} s ({said}): is claudio-daemon running with topic_prefix "
+            f"'{rules.mqtt.topic_prefix}' on {rules.mqtt.host}:{rules.mqtt.port}?"
+        )
+    return topics.away_set

@@ -10,12 +10,15 @@ import logging
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from claudio_daemon import __version__, app
 from claudio_daemon.service import logs
+
+if TYPE_CHECKING:
+    from claudio_daemon.pipeline import PipelineStats
 
 cli = typer.Typer(
     add_completion=False,
@@ -117,16 +120,18 @@ def replay(
     ] = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Run a recording through the live pipeline, as fast as possible by default."""
+    """Run a recording through the live pipeline, as fast as possible by default: one
+    line an event and a summary, or JSON lines for scripts (--json)."""
     app.setup_logging(log_level)
     starts_at = _start_time(at) if at is not None else None
     try:
-        app.run_replay(
+        runner = app.run_replay(
             file,
             rules_path=app.find_rules(rules),
             model_path=model,
             json_out=sys.stdout if json_out else None,
             json_levels=levels,
+            text_out=None if json_out else sys.stdout,
             realtime=realtime,
             publish=publish,
             use_classifier=not no_classifier,
@@ -134,6 +139,19 @@ def replay(
         )
     except app.UserError as exc:
         _fail(str(exc))
+    if not json_out:
+        typer.echo(_replay_summary(file, runner.pipeline.stats, runner.pipeline.sample_rate))
+
+
+def _replay_summary(file: Path, stats: PipelineStats, sample_rate: int) -> str:
+    def n(count: int, what: str) -> str:
+        return f"{count} {what}{'' if count == 1 else 's'}"
+
+    return (
+        f"{file.name}: {stats.samples / sample_rate:.1f} s of audio, "
+        f"{n(stats.patterns, 'clap pattern')}, {n(stats.sounds, 'sound event')}, "
+        f"{n(stats.actions, 'action')}"
+    )
 
 
 def _start_time(text: str) -> datetime:
@@ -187,7 +205,8 @@ def away(
     state: Annotated[str, typer.Argument(help="on (arm) or off (disarm).")],
     rules: RulesOpt = None,
 ) -> None:
-    """Arm or disarm AWAY mode in the running daemon (through MQTT)."""
+    """Arm or disarm AWAY mode in the running daemon (through MQTT); exits 0 only once
+    the daemon reports the new state."""
     app.setup_logging("warning")
     value = state.strip().lower()
     if value not in ("on", "off"):
@@ -196,7 +215,7 @@ def away(
         topic = app.send_away(app.find_rules(rules), value == "on")
     except app.UserError as exc:
         _fail(str(exc))
-    typer.echo(f"AWAY {value}: sent to {topic}")
+    typer.echo(f"AWAY {value}: confirmed by the daemon (sent to {topic})")
 
 
 @cli.command()

@@ -58,6 +58,7 @@ class Runner:
         publisher: Publisher | None = None,
         json_out: TextIO | None = None,
         json_levels: bool = False,
+        text_out: TextIO | None = None,
         notifier: Notifier | None = None,
         housekeeping: Callable[[], None] | None = None,
         on_listening: Callable[[], None] | None = None,
@@ -66,6 +67,9 @@ class Runner:
         self.publisher = publisher
         self.json_out = json_out
         self.json_levels = json_levels
+        #: Where a replay in a terminal shows what happened, one line an event (the log
+        #: says it too, but a replay logs warnings only by default).
+        self.text_out = text_out
         self.notifier = notifier
         self.housekeeping = housekeeping
         #: Called once, when the first audio arrives: a microphone opens inside blocks(),
@@ -163,15 +167,12 @@ class Runner:
         if self.json_out is not None and (self.json_levels or not isinstance(event, LevelReading)):
             self.json_out.write(json.dumps(to_dict(event, sr)) + "\n")
             self.json_out.flush()
-        t = event.sample / sr
-        if isinstance(event, Action):
-            log.info("%s %s (%s) at %.2fs", event.appliance, event.command, event.reason, t)
-        elif isinstance(event, ClapPattern):
-            log.info("%d claps at %.2fs", event.count, t)
-        elif isinstance(event, SoundEvent):
-            log.info("sound %s %.2f at %.2fs", event.label, event.score, t)
-        elif isinstance(event, Alert):
-            log.warning("AWAY alert: %s at %.1f dB", event.label or "sound", event.level_db)
+        line = describe(event, sr)
+        if line is not None:
+            log.log(logging.WARNING if isinstance(event, Alert) else logging.INFO, "%s", line)
+            if self.text_out is not None:
+                self.text_out.write(line + "\n")
+                self.text_out.flush()
         if self.publisher is None:
             return
         if isinstance(event, Action):
@@ -184,3 +185,19 @@ class Runner:
             self.publisher.publish_away_state(event.away)
         elif isinstance(event, LevelReading):
             self.publisher.publish_level(event)
+
+
+def describe(event: Event, sample_rate: int) -> str | None:
+    """One line for a person: what the daemon did or heard, and when in the stream."""
+    t = event.sample / sample_rate
+    if isinstance(event, Action):
+        return f"{event.appliance} {event.command} ({event.reason}) at {t:.2f}s"
+    if isinstance(event, ClapPattern):
+        return f"{event.count} claps at {t:.2f}s"
+    if isinstance(event, SoundEvent):
+        return f"sound {event.label} {event.score:.2f} at {t:.2f}s"
+    if isinstance(event, Alert):
+        return f"AWAY alert: {event.label or 'sound'} at {event.level_db:.1f} dB, {t:.2f}s"
+    if isinstance(event, ModeChange):
+        return f"AWAY {'armed' if event.away else 'disarmed'} ({event.source}) at {t:.2f}s"
+    return None

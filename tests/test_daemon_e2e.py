@@ -96,6 +96,33 @@ def test_replay_json_two_then_three_claps(
     assert claps[0]["claps"][0] == pytest.approx(1.0 + 0.02, abs=0.03)
 
 
+def test_replay_in_a_terminal_tells_what_happened(
+    scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """Without --json a replay printed nothing at all (its events went to the log, which a
+    replay keeps at warnings): a person trying out rules saw no result."""
+    rules = write_rules(tmp_path / "rules.yaml", model=tiny_onnx_model)
+    proc = subprocess.run(
+        daemon_cmd("replay", str(scene_files["two_three"]), "--rules", str(rules)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [ln.split(" at ")[0] for ln in lines if "claps" in ln] == [
+        "2 claps",
+        "lamp toggle (claps:2)",
+        "3 claps",
+        "tv toggle (claps:3)",
+    ]
+    seconds = sf.info(str(scene_files["two_three"])).duration
+    assert lines[-1] == (
+        f"two_three.wav: {seconds:.1f} s of audio, 2 clap patterns, 0 sound events, 2 actions"
+    )
+
+
 def test_replay_at_a_time_of_day_meets_when_windows_on_the_audio_clock(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
 ) -> None:
@@ -282,6 +309,46 @@ def test_away_mode_armed_over_mqtt_alerts(
         assert b'{"state": "ON"}' in sub.payloads(TV)
         alert = json.loads(sub.payloads("claudio/alert")[0])
         assert alert["level_db"] > -60
+
+
+def test_away_from_a_shell_says_whether_the_daemon_took_it(
+    scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path, mosquitto
+) -> None:
+    """`away on` exited 0 ("sent") with no daemon listening: someone leaving the house
+    believed it armed. Now it waits for the daemon's new state, and says when none came."""
+    rules = write_rules(tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model)
+
+    def away(state: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            daemon_cmd("away", state, "--rules", str(rules)),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    notify = NotifySocket(tmp_path)
+    daemon = Daemon(
+        ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
+        env={"NOTIFY_SOCKET": str(notify.path)},
+    )
+    try:
+        notify.wait_for("READY=1")
+        armed = away("on")
+        daemon.terminate()
+        code, _, err = daemon.wait(timeout=60)
+    finally:
+        daemon.kill()
+        notify.close()
+    assert code == 0, err
+    assert armed.returncode == 0, armed.stderr
+    assert armed.stdout.strip() == "AWAY on: confirmed by the daemon (sent to claudio/away/set)"
+    assert "AWAY armed (mqtt)" in err
+    gone = away("off")  # the daemon has stopped and said so
+    assert gone.returncode == 2
+    assert "no daemon confirmed it within 5 s (it last said 'offline' on claudio/available)" in (
+        gone.stderr
+    )
 
 
 def test_rules_reload_while_running(
@@ -490,9 +557,11 @@ def test_away_from_a_shell_reads_the_services_credential(mosquitto_auth, tmp_pat
             timeout=60,
         )
 
-    ok = away(creds)  # the broker acknowledged it: logged in with that password
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == "AWAY on: sent to claudio/away/set"
+    # Logged in with that password: the broker took the command (no daemon runs to
+    # confirm it, which is said, not taken for success).
+    sent = away(creds)
+    assert sent.returncode == 2, sent.stderr
+    assert "sent to claudio/away/set, but no daemon confirmed it" in sent.stderr
     missing = away(tmp_path / "no-such-folder")
     assert missing.returncode == 2
     assert "cannot read the MQTT password" in missing.stderr and "sudo" in missing.stderr

@@ -156,6 +156,24 @@ def configure_security(client: mqtt.Client, settings: MqttSettings) -> None:
         client.tls_insecure_set(True)
 
 
+@dataclass(frozen=True)
+class Confirm:
+    """What a CLI command expects back from the running daemon: `payload` on `topic` (not
+    the retained copy), and the daemon's availability topic to say why it did not come."""
+
+    topic: str
+    payload: bytes
+    available_topic: str
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    confirmed: bool
+    #: The daemon's retained availability ("online"/"offline"), None if it never said.
+    available: str | None
+
+
 def publish_once(
     settings: MqttSettings,
     topic: str,
@@ -163,9 +181,12 @@ def publish_once(
     *,
     retain: bool = False,
     timeout: float = 5.0,
+    confirm: Confirm | None = None,
     client_factory: ClientFactory | None = None,
-) -> None:
-    """Publish one message and wait for the broker's acknowledgement (CLI use, blocking).
+) -> Confirmation | None:
+    """Publish one message and wait for the broker's acknowledgement (CLI use, blocking);
+    with `confirm`, also for the daemon's answer (a broker accepts a command whether or not
+    anyone listens, so its acknowledgement alone says nothing about the house).
 
     Uses its own client id (`<client_id>-cli-<pid>`): reusing the daemon's would make the
     broker disconnect the running daemon. Raises OSError (unreachable; ConnectionRefusedError
@@ -175,13 +196,29 @@ def publish_once(
     client = (client_factory or default_client_factory)(cli)
     configure_security(client, cli)
     answered = threading.Event()
+    subscribed = threading.Event()
+    confirmed = threading.Event()
     reasons: list[Any] = []
+    available: list[str] = []
 
     def on_connect(c: mqtt.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
         reasons.append(reason)
         answered.set()
 
+    def on_subscribe(c: mqtt.Client, u: Any, mid: int, codes: Any, p: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if confirm is None:
+            return
+        if msg.topic == confirm.available_topic:
+            available.append(msg.payload.decode("utf-8", "replace"))
+        elif msg.topic == confirm.topic and not msg.retain and msg.payload == confirm.payload:
+            confirmed.set()
+
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
     client.connect(cli.host, cli.port, keepalive=cli.keepalive_s)
     client.loop_start()
     try:
@@ -189,6 +226,11 @@ def publish_once(
             raise TimeoutError(f"no answer from {cli.host}:{cli.port} within {timeout:g}s")
         if reasons[0].is_failure:
             raise ConnectionRefusedError(f"broker refused the connection: {reasons[0]}")
+        if confirm is not None:
+            # Subscribed before the command goes out, so the answer cannot be missed.
+            client.subscribe([(confirm.topic, settings.qos), (confirm.available_topic, 1)])
+            if not subscribed.wait(timeout):
+                raise TimeoutError(f"{confirm.topic}: no subscription within {timeout:g}s")
         info = client.publish(topic, payload, settings.qos, retain)
         try:
             info.wait_for_publish(timeout)
@@ -196,6 +238,10 @@ def publish_once(
             raise ConnectionError(f"connection lost before {topic} was sent: {e}") from e
         if not info.is_published():
             raise TimeoutError(f"{topic} not acknowledged within {timeout:g}s")
+        if confirm is None:
+            return None
+        ok = confirmed.wait(confirm.timeout)
+        return Confirmation(confirmed=ok, available=available[-1] if available else None)
     finally:
         client.disconnect()
         client.loop_stop()

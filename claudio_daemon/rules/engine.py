@@ -95,7 +95,6 @@ class RuleEngine:
             self._armed_at = sample
             self._away_last = None
         self._armed = armed
-        log.info("AWAY %s (%s)", "armed" if armed else "disarmed", source)
         return [ModeChange(away=armed, source=source, sample=sample)]
 
     def replace_rules(self, new_rules: RulesFile) -> None:
