@@ -80,25 +80,30 @@ print(" ".join(f"{p}=={m.version(p)}" for p in ("soundfile", "cffi", "pycparser"
             touch "$WORK/cache/esc50/.done" "$WORK/cache/esc50-claps/.done"
         fi
         mkdir -p "$DEST" "$WORK/logs"
+        # Each target's model is copied out as soon as it is exported, so a call that runs
+        # past its time limit still returns the targets that finished.
+        train_target() {
+            local t=$1
+            if [ "$t" = all ]; then
+                "$ROOT/scripts/train_model.sh" --work "$WORK" --out "$DEST/all.int8.onnx"
+            else
+                "$ROOT/scripts/crossval.sh" --work "$WORK" --train-only "$t" &&
+                    cp "$WORK/runs/fold$t/export/model.int8.onnx" "$DEST/fold$t.int8.onnx"
+            fi
+        }
         pids=()
         for t in "${TARGETS[@]}"; do
-            if [ "$t" = all ]; then
-                "$ROOT/scripts/train_model.sh" --work "$WORK" --out "$DEST/all.int8.onnx" \
-                    >"$WORK/logs/all.out" 2>&1 &
-            else
-                "$ROOT/scripts/crossval.sh" --work "$WORK" --train-only "$t" \
-                    >"$WORK/logs/fold$t.out" 2>&1 &
-            fi
+            train_target "$t" >"$WORK/logs/$t.out" 2>&1 &
             pids+=($!)
         done
         failed=0
         for i in "${!pids[@]}"; do
-            wait "${pids[$i]}" || { failed=1; say "${TARGETS[$i]} failed (see logs)"; }
-        done
-        for t in "${TARGETS[@]}"; do
-            [ "$t" = all ] && continue
-            f=$WORK/runs/fold$t/export/model.int8.onnx
-            [ -f "$f" ] && cp "$f" "$DEST/fold$t.int8.onnx"
+            if wait "${pids[$i]}"; then
+                say "${TARGETS[$i]} done"
+            else
+                failed=1
+                say "${TARGETS[$i]} failed (see logs)"
+            fi
         done
         (cd "$WORK" && tar czf "$DEST/logs.tar.gz" logs runs/*/*.log 2>/dev/null) || true
         say "done: $(cd "$DEST" && echo *.onnx)"
