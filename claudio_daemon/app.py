@@ -410,10 +410,7 @@ def run_service(
     except UserError:
         restore()
         raise
-    if parts.rules.away.armed:
-        runner.set_away(True, "rules.yaml")
-    else:
-        publisher.publish_away_state(False)
+    start_away(runner, publisher, parts.rules.away.armed)
 
     def listening() -> None:
         log.info(
@@ -436,6 +433,26 @@ def run_service(
         restore()
         log.info("stopped%s", "" if flushed is not False else " (some MQTT messages undelivered)")
     return 0
+
+
+def start_away(runner: Runner, publisher: MqttPublisher, rules_armed: bool) -> None:
+    """AWAY as the service last had it (under systemd), else as rules.yaml says; from
+    here on every change is saved, so a restart does not disarm a house left armed."""
+    from claudio_daemon.service.away_state import AwayStore, service_state_path, starting_state
+
+    path = service_state_path()
+    store = AwayStore(path) if path is not None else None
+    armed, why = starting_state(rules_armed, store.load() if store is not None else None)
+    if why != "rules.yaml":
+        log.info("AWAY %s (%s)", "armed" if armed else "disarmed", why)
+    if armed:
+        runner.set_away(True, "restored" if why != "rules.yaml" else why)
+    else:
+        publisher.publish_away_state(False)
+    if store is not None:
+        runner.on_away_change = lambda change: store.save(
+            change.away, change.source, runner.pipeline.rules.away.armed
+        )
 
 
 def input_devices() -> list[InputDevice]:

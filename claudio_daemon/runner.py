@@ -78,6 +78,8 @@ class Runner:
         #: Something `systemctl status` must keep showing (the last rejected edit of
         #: rules.yaml), or None; the periodic status line would otherwise replace it.
         self.status_note: Callable[[], str | None] | None = None
+        #: Told of every AWAY change (the service saves it, so a restart keeps it).
+        self.on_away_change: Callable[[ModeChange], None] | None = None
         self.commands: queue.SimpleQueue[RemoteCommand] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._source: AudioSource | None = None
@@ -173,6 +175,8 @@ class Runner:
             if self.text_out is not None:
                 self.text_out.write(line + "\n")
                 self.text_out.flush()
+        if isinstance(event, ModeChange) and self.on_away_change is not None:
+            self.on_away_change(event)
         if self.publisher is None:
             return
         if isinstance(event, Action):

@@ -311,7 +311,7 @@ def test_away_mode_armed_over_mqtt_alerts(
         assert alert["level_db"] > -60
 
 
-def test_away_from_a_shell_says_whether_the_daemon_took_it(
+def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:
     """`away on` exited 0 ("sent") with no daemon listening: someone leaving the house
@@ -327,13 +327,22 @@ def test_away_from_a_shell_says_whether_the_daemon_took_it(
             timeout=60,
         )
 
-    notify = NotifySocket(tmp_path)
-    daemon = Daemon(
-        ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
-        env={"NOTIFY_SOCKET": str(notify.path)},
-    )
-    try:
+    state = tmp_path / "state"  # the service's StateDirectory
+    state.mkdir()
+
+    def start() -> tuple[Daemon, NotifySocket]:
+        here = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        here.mkdir()
+        notify = NotifySocket(here)
+        daemon = Daemon(
+            ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
+            env={"NOTIFY_SOCKET": str(notify.path), "STATE_DIRECTORY": str(state)},
+        )
         notify.wait_for("READY=1")
+        return daemon, notify
+
+    daemon, notify = start()
+    try:
         armed = away("on")
         daemon.terminate()
         code, _, err = daemon.wait(timeout=60)
@@ -349,6 +358,21 @@ def test_away_from_a_shell_says_whether_the_daemon_took_it(
     assert "no daemon confirmed it within 5 s (it last said 'offline' on claudio/available)" in (
         gone.stderr
     )
+    # A restart (a reboot, systemd after a crash) keeps the house armed although
+    # rules.yaml says `armed: false`: that is the state at first start, not after a command.
+    with Subscriber(mosquitto.host, mosquitto.port, ["claudio/away/state"]) as sub:
+        daemon, notify = start()
+        try:
+            # The daemon's own word, not the retained copy of the first run's.
+            sub.wait_for(lambda m: any(not retained for _, _, retained in m), timeout=10)
+            daemon.terminate()
+            code, _, err = daemon.wait(timeout=60)
+        finally:
+            daemon.kill()
+            notify.close()
+    assert code == 0, err
+    assert [p for _, p, retained in sub.messages if not retained][0] == b"ON"
+    assert "AWAY armed (restored: set by mqtt at " in err
 
 
 def test_rules_reload_while_running(

@@ -398,6 +398,16 @@ def test_away_settings_validation():
     assert parse("away:\n  margin_db: null\n").away.level_threshold(-70.0) is None
 
 
+def test_away_with_chosen_sounds_has_level_alerts_only_when_asked():
+    # `sounds: [dog]` means dogs: the default margin (for `sounds: any`) must not add
+    # "any loud sound" to it; written out, it does.
+    assert parse("away:\n  sounds: [dog]\n").away.level_threshold(-70.0) is None
+    assert parse("away:\n  sounds: [dog]\n  margin_db: 20\n").away.level_threshold(-70.0) == -50.0
+    assert (
+        parse("away:\n  sounds: [dog]\n  min_level_db: -40\n").away.level_threshold(-70.0) == -40.0
+    )
+
+
 def test_defaults_and_state_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/state:/other")
     rules = parse("{}\n")

@@ -429,7 +429,7 @@ class AwaySettings(StrictModel):
     armed: bool = Field(
         False,
         description="State at start; later changed over MQTT or the CLI (a reload keeps the "
-        "current state).",
+        "current state, and so does a restart of the service until this value is changed).",
     )
     sounds: Literal["any"] | list[Label] = Field(
         "any",
@@ -451,8 +451,9 @@ class AwaySettings(StrictModel):
         ge=1.0,
         le=100.0,
         description="Any sound this many dB above the room's noise floor counts (the "
-        "level gate's floor, which follows a steady noise within about 10 s). "
-        "null (with min_level_db unset) disables level alerts: labels only.",
+        "level gate's floor, which follows a steady noise within about 10 s). The default "
+        "applies with `sounds: any` only: with a list of labels, write it to have level "
+        "alerts too. null (with min_level_db unset) disables level alerts: labels only.",
     )
     actions: list[ApplianceName] = Field(
         default_factory=list, max_length=32, description="Appliances switched ON on an alert."
@@ -492,7 +493,10 @@ class AwaySettings(StrictModel):
         """
         if self.min_level_db is not None:
             return max(self.min_level_db, noise_floor_db + LEVEL_STANDOUT_DB)
-        if self.margin_db is not None:
+        # Someone who lists [dog, glass_breaking] asked for those sounds: a default they
+        # never wrote must not add "any loud sound" behind their back.
+        chosen = self.sounds == "any" or "margin_db" in self.model_fields_set
+        if self.margin_db is not None and chosen:
             return noise_floor_db + self.margin_db
         return None
 
