@@ -9,6 +9,7 @@ the classifier runs only while the level gate says something is sounding.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -97,11 +98,13 @@ class Pipeline:
                     ", ".join(f"{k} {v:g}" for k, v in sorted(taken.items())),
                 )
         self._set_thresholds(rules)
-        #: Whether the gate was open since the last classification point, and the loudest
-        #: level since then: a sound event tells how loud the sound was, not how loud the
-        #: room is by the time the point comes.
+        #: Whether the gate was open since the last classification point.
         self._active = False
-        self._loudest_db = -120.0
+        #: The gate's recent levels (window end sample, dBFS), as far back as the
+        #: classifier's window reaches: a sound event tells how loud the loudest moment the
+        #: classifier heard was, not how loud the room is when the model becomes sure (a
+        #: point or two after a short sound ended).
+        self._levels: deque[tuple[int, float]] = deque()
         self._last_reported: dict[str, int] = {}
         self._last_level_report = -(10**12)
         self._level_db = -120.0
@@ -199,7 +202,6 @@ class Pipeline:
                 if self._active:
                     out += self._classify()
                 self._active = False
-                self._loudest_db = -120.0
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 
@@ -208,7 +210,7 @@ class Pipeline:
         for end, level_db, floor_db, is_active in self.gate.push(x):
             self._level_db, self._floor_db = level_db, floor_db
             self._active = self._active or is_active
-            self._loudest_db = max(self._loudest_db, level_db)
+            self._levels.append((end, level_db))
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
             # Every window while armed, not only while the gate is open: AWAY's own
             # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
@@ -218,6 +220,11 @@ class Pipeline:
             if end - self._last_level_report >= LEVEL_REPORT_S * self.sample_rate:
                 self._last_level_report = end
                 out.append(reading)
+        while (
+            self._levels
+            and self._levels[0][0] <= self.stats.samples + x.size - self.cfg.clip_samples
+        ):
+            self._levels.popleft()
         if self.mel is not None:
             self.mel.push(x)
         for pattern in self.claps.push(x):
@@ -262,11 +269,12 @@ class Pipeline:
         scores = self.classifier.scores(self.mel.window())
         hold = self.rules.sounds.hold_s * self.sample_rate
         thresholds = self._thresholds_away if self.engine.away else self._thresholds_home
+        loudest = max((db for _, db in self._levels), default=-120.0)
         out: list[Event] = []
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < thresholds.get(label, 1.1):
                 continue
-            event = SoundEvent(label=label, score=score, level_db=self._loudest_db, sample=now)
+            event = SoundEvent(label=label, score=score, level_db=loudest, sample=now)
             last = self._last_reported.get(label)
             self._last_reported[label] = now
             if last is None or now - last >= hold:

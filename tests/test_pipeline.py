@@ -312,6 +312,18 @@ away: {armed: true, arm_delay_s: 0, margin_db: null, cooldown_s: 0, sounds: [gla
     assert len(alerts) == 1 and len(clf.script) < 15  # many windows, one bark
 
 
+def test_a_sound_recognised_points_after_it_ended_keeps_its_level() -> None:
+    """The model may only be sure a point or two after a short sound ended (more of it in
+    the window's context): the event still tells the loudest level the window held, not
+    the quiet room since the previous point."""
+    x = np.concatenate([_noise(-70.0, 1.0, 4), _noise(-10.0, 0.3, 5), _noise(-70.0, 3.0, 6)])
+    clf = ScriptedClassifier([0.1, 0.1, 0.95])
+    events = _run(Pipeline(parse_rules(GLASS), clf), x)
+    (sound,) = [e for e in events if isinstance(e, SoundEvent)]
+    assert sound.sample >= 2.0 * SR  # a full point after the sound's own
+    assert -12.0 < sound.level_db < -8.0, sound.level_db
+
+
 def test_a_sound_event_tells_how_loud_the_sound_was() -> None:
     """The point of classification may come after a short sound ended: its event carries
     the loudest level since the last point, not the room's level at that moment."""
