@@ -237,6 +237,32 @@ def test_started_while_broker_is_down(mosquitto, started, caplog) -> None:
         assert sub.wait_for(lambda m: m, 5)[0][1] == b"EARLY"
 
 
+def test_commands_too_old_to_mean_anything_are_dropped_not_sent_late(
+    mosquitto, started, caplog
+) -> None:
+    """Claps for the lamp during a long broker outage must not switch it when the broker
+    returns (a toggle queued minutes ago would surprise, two would flicker); a command
+    younger than mqtt.command_max_age_s still goes."""
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="late") as sub:
+        p = start(started, settings_for(mosquitto, command_max_age_s=1.0))
+        assert p.wait_connected(5)
+        mosquitto.stop()
+        deadline = time.monotonic() + 5
+        while p.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.send_action(lamp("OLD"))
+        time.sleep(1.5)
+        p.send_action(lamp("FRESH"))
+        mosquitto.start()
+        assert p.flush(10)
+        msgs = sub.wait_for(lambda m: m, 5)
+        time.sleep(0.3)
+        assert [x[1] for x in sub.messages] == [b"FRESH"], msgs
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and LAMP in dropped[0] and "command_max_age_s" in dropped[0]
+
+
 def _ride_out_an_outage(broker, started) -> None:  # noqa: ANN001
     """A connected publisher, the broker down for ~10 reconnect attempts, then back."""
     p = start(started, settings_for(broker, reconnect_min_s=0.1, reconnect_max_s=0.2))

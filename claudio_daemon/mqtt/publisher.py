@@ -37,7 +37,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
 from typing import Any
@@ -109,6 +109,8 @@ class _Entry:
     mid: int | None = None
     #: Connection generation when handed over: older means paho must re-send it.
     generation: int = 0
+    #: time.monotonic() when queued: network delays are real time, not audio time.
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 def default_client_factory(settings: MqttSettings) -> mqtt.Client:
@@ -621,10 +623,24 @@ class MqttPublisher:
     def _send_ready(self) -> None:
         assert self._client is not None
         room = self._window - len(self._inflight)
+        max_age = self.settings.command_max_age_s
+        now = time.monotonic()
         for e in list(self._outbox.values()):
             if room <= 0:
                 return
             if e.mid is not None:
+                continue
+            too_old = max_age is not None and now - e.queued_at > max_age
+            if e.priority is Priority.COMMAND and too_old:
+                log.warning(
+                    "MQTT: dropped %s %s, queued %.0f s ago while the broker was "
+                    "unreachable (older than mqtt.command_max_age_s %g)",
+                    e.topic,
+                    describe_payload(e.payload),
+                    now - e.queued_at,
+                    max_age,
+                )
+                self._remove(e)
                 continue
             try:
                 info = self._client.publish(e.topic, e.payload, self.settings.qos, e.retain)

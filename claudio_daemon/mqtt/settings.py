@@ -113,6 +113,14 @@ class MqttSettings(StrictModel):
     queue_max: int = Field(
         1000, ge=10, le=1_000_000, description="Messages kept while the broker is unreachable."
     )
+    command_max_age_s: float | None = Field(
+        120.0,
+        ge=1.0,
+        le=86400.0,
+        description="A device command the broker has not taken within this many seconds "
+        "(broker unreachable) is dropped, not sent late: claps for the lamp ten minutes ago "
+        "must not switch it now. null keeps commands until they are delivered.",
+    )
     reconnect_min_s: float = Field(1.0, gt=0, le=300, description="First reconnect delay.")
     reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
     discovery: DiscoverySettings = Field(default_factory=DiscoverySettings)
