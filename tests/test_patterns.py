@@ -73,6 +73,15 @@ def test_clap_inside_guard_means_applause() -> None:
     assert out == [] and not g.in_applause  # quiet again after applause_quiet_s
 
 
+def test_more_claps_than_any_rule_is_said_once_in_the_log(caplog) -> None:  # noqa: ANN001
+    # Four claps where the rules stop at three: no command, but not silently either.
+    with caplog.at_level("INFO", logger="claudio_daemon.detect.patterns"):
+        out, _ = run([1.0, 1.4, 1.8, 2.2, 2.6, 3.0], until_s=8.0)
+    assert out == []
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["4 claps in a row, more than any rule's 3: taken for applause, not a command"]
+
+
 def test_applause_suppresses_until_quiet_then_commands_work() -> None:
     applause = [1.0 + 0.25 * i for i in range(16)]  # 4 s of clapping
     out, _ = run(applause + [6.5, 6.9])

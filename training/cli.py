@@ -115,6 +115,9 @@ def _setup(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("training").setLevel(level)
+    # The daemon's detector tells a live user about each pattern it drops; replaying
+    # thousands of recordings (mine-patterns, synth-claps) would drown the progress in it.
+    logging.getLogger("claudio_daemon").setLevel(level if verbose else max(level, logging.WARNING))
 
 
 @app.command()

@@ -202,6 +202,13 @@ class PatternGrouper:
             return out
         self._group.append(clap)
         if len(self._group) > self.max_count:
+            # Said, since someone clapping four times for a rule they meant to write
+            # would otherwise hear nothing and see nothing.
+            log.info(
+                "%d claps in a row, more than any rule's %d: taken for applause, not a command",
+                len(self._group),
+                self.max_count,
+            )
             self._start_applause(clap, loudest)
         return out
 
