@@ -325,13 +325,18 @@ def run_replay(
         publisher = make_publisher(parts.rules, runner, parts.classifier)
         runner.publisher = publisher
         start_publisher(publisher)
+    delivered = True
     try:
         if parts.rules.away.armed:
             runner.set_away(True, "rules.yaml")
         runner.run(source)
     finally:
         if publisher is not None:
-            publisher.stop()
+            delivered = publisher.stop() is not False
+    if not delivered:
+        # A replay asked to switch things and did not: a script must not read success.
+        m = parts.rules.mqtt
+        raise UserError(f"--publish: messages left undelivered to the broker at {m.host}:{m.port}")
     return runner
 
 

@@ -465,6 +465,28 @@ def test_missing_mqtt_password_is_one_clear_line(tiny_onnx_model: Path, tmp_path
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_replay_publish_without_a_broker_does_not_exit_0(
+    scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """`replay --publish` whose toggles never reached a broker exited 0 like a success."""
+    from tests.fixtures.broker import _free_port
+
+    rules = write_rules(tmp_path / "rules.yaml", port=_free_port(), model=tiny_onnx_model)
+    proc = subprocess.run(
+        daemon_cmd("replay", str(scene_files["two_three"]), "--rules", str(rules), "--publish"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "lamp toggle (claps:2)" in proc.stdout  # what it would have done is still shown
+    assert "2 undelivered command(s) lost" in proc.stderr
+    assert "error: --publish: messages left undelivered to the broker at 127.0.0.1:" in (
+        proc.stderr
+    )
+
+
 def test_replay_reads_in_the_live_block_size(shared_data: Path, tmp_path: Path) -> None:
     """The pipeline classifies once a block, so a replay in 1024-sample blocks of a daemon
     set to 4096 heard other windows than the live run it stands for."""
