@@ -80,10 +80,18 @@ def _is_file(path: Path) -> bool:
         ) from None
 
 
+def _no_rules_file(path: Path) -> UserError:
+    if path.is_dir():
+        return UserError(
+            f"{path}: a folder, not a rules file (name the file, e.g. {path / 'rules.yaml'})"
+        )
+    return UserError(f"{path}: rules file not found")
+
+
 def find_rules(path: Path | None) -> Path:
     if path is not None:
         if not _is_file(path):
-            raise UserError(f"{path}: rules file not found")
+            raise _no_rules_file(path)
         return path
     env = os.environ.get("CLAUDIO_RULES")
     if env:
@@ -167,8 +175,8 @@ def load_calibration_for(rules: RulesFile) -> Calibration | None:
 
 def check_rules(path: Path, model: Path | None) -> tuple[list[str], str]:
     """Problems as printable lines (empty: fine), and a one-line summary."""
-    if not path.is_file():
-        raise UserError(f"{path}: rules file not found")
+    if not _is_file(path):
+        raise _no_rules_file(path)
     try:
         rules = load_rules(path)
     except RulesError as exc:

@@ -379,7 +379,23 @@ def test_unquoted_on_off_in_yaml():
         "    payload_on: ON\n    payload_off: 'OFF'\n"
     )
     assert len(lines) == 1 and lines[0].startswith("rules.yaml:5: appliances.fan.payload_on:")
-    assert "quote" in lines[0]
+    assert lines[0].endswith('as true; quote the payload, e.g. payload_on: "ON"')
+    # The example names the field that was wrong (it suggested payload_on for payload_off).
+    lines = problems(
+        "appliances:\n  fan:\n    preset: plain\n    command_topic: f\n    payload_off: OFF\n"
+    )
+    assert lines[0].endswith('as false; quote the payload, e.g. payload_off: "OFF"')
+
+
+def test_check_names_a_folder_given_for_the_rules_file(tmp_path):
+    from claudio_daemon import app
+
+    with pytest.raises(app.UserError, match="a folder, not a rules file"):
+        app.check_rules(tmp_path, None)
+    with pytest.raises(app.UserError, match="rules file not found"):
+        app.check_rules(tmp_path / "nope.yaml", None)
+    with pytest.raises(app.UserError, match="a folder, not a rules file"):
+        app.find_rules(tmp_path)
 
 
 def test_topic_wildcards_rejected():

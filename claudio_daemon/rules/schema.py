@@ -223,11 +223,11 @@ class Appliance(StrictModel):
 
     @field_validator("payload_on", "payload_off", "payload_toggle", mode="before")
     @classmethod
-    def _payload_text(cls, v: Any) -> Any:
+    def _payload_text(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, bool):
             raise ValueError(
-                "YAML read an unquoted ON/OFF/yes/no as true/false; quote the payload, "
-                'e.g. payload_on: "ON"'
+                f"YAML read an unquoted ON/OFF/yes/no as {str(v).lower()}; quote the "
+                f'payload, e.g. {info.field_name}: "{"ON" if v else "OFF"}"'
             )
         if isinstance(v, (int, float)):
             return str(v)
