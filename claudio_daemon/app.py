@@ -34,6 +34,7 @@ from claudio_daemon.rules.loader import Problem, RulesError, check_labels, load_
 from claudio_daemon.rules.schema import RulesFile
 from claudio_daemon.runner import Runner
 from claudio_daemon.service import logs
+from claudio_daemon.service.state import StateFile, service_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -224,23 +225,52 @@ def assemble(
 
 
 def make_publisher(
-    rules: RulesFile, runner: Runner, classifier: OnnxClassifier | None
+    rules: RulesFile,
+    runner: Runner,
+    classifier: OnnxClassifier | None,
+    announced: StateFile | None = None,
 ) -> MqttPublisher:
 
     publisher = MqttPublisher(
         rules.mqtt, on_command=runner.on_command, sample_rate=runner.pipeline.sample_rate
     )
-    announce(publisher, rules, classifier)
+    announce(publisher, rules, classifier, announced)
     return publisher
 
 
-def announce(publisher: MqttPublisher, rules: RulesFile, classifier: OnnxClassifier | None) -> None:
+def announce(
+    publisher: MqttPublisher,
+    rules: RulesFile,
+    classifier: OnnxClassifier | None,
+    announced: StateFile | None = None,
+) -> None:
     """Home Assistant discovery for what these rules can send: a disabled clap rule sends
-    nothing, so it is not announced."""
+    nothing, so it is not announced.
+
+    `announced` keeps the topics the service announced last time: what is not announced
+    now (a changed client_id or node_id, discovery turned off, a rule removed while the
+    daemon was stopped) is withdrawn, or Home Assistant would keep a ghost device.
+    """
     publisher.configure_discovery(
         clap_counts=sorted({t.claps for t in rules.triggers if t.enabled and t.claps is not None}),
         sound_labels=list(classifier.labels) if classifier is not None else [],
     )
+    if announced is None:
+        return
+    before = announced.read()
+    if isinstance(before, list) and all(isinstance(t, str) for t in before):
+        # Only what can have been ours: a damaged file must not clear other retained topics.
+        ours = [t for t in before if t.endswith("/config") and not set(t) & set("+#\0")]
+        publisher.withdraw_discovery(ours)
+    elif before is not None:
+        announced.unreadable("not a list of topics")
+    announced.write(publisher.discovery_topics)
+
+
+def announced_topics_file() -> StateFile | None:
+    """The service's record of its Home Assistant discovery topics (systemd only)."""
+    folder = service_state_dir()
+    return StateFile(folder / "discovery.json", "discovery topics") if folder else None
 
 
 def start_publisher(publisher: MqttPublisher) -> None:
@@ -275,6 +305,7 @@ def reload_applier(
     publisher: MqttPublisher,
     classifier: OnnxClassifier | None,
     rules: RulesFile,
+    announced: StateFile | None = None,
 ) -> Callable[[RulesFile], None]:
     """What a reload does with a good file: new rules for the pipeline, Home Assistant
     told about new clap patterns, and a warning for what needs a restart."""
@@ -283,7 +314,7 @@ def reload_applier(
     def apply(new: RulesFile) -> None:
         nonlocal current
         pipeline.replace_rules(new)
-        announce(publisher, new, classifier)
+        announce(publisher, new, classifier, announced)
         later = restart_needed(current, new)
         if later:
             log.warning(
@@ -374,12 +405,13 @@ def run_service(
     labels = parts.classifier.labels if parts.classifier is not None else None
     notifier = SystemdNotifier.from_env()
     runner = Runner(parts.pipeline, json_out=json_out, notifier=notifier)
-    publisher = make_publisher(parts.rules, runner, parts.classifier)
+    announced = announced_topics_file()
+    publisher = make_publisher(parts.rules, runner, parts.classifier, announced)
     runner.publisher = publisher
     reloader = Reloader(
         rules_path,
         load=lambda p: load_checked_rules(p, labels),
-        apply=reload_applier(parts.pipeline, publisher, parts.classifier, parts.rules),
+        apply=reload_applier(parts.pipeline, publisher, parts.classifier, parts.rules, announced),
         notifier=notifier,
         watcher=watcher,
     )

@@ -375,6 +375,50 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     assert "AWAY armed (restored: set by mqtt at " in err
 
 
+def test_a_new_node_id_withdraws_the_old_home_assistant_device(
+    tiny_onnx_model: Path, tmp_path: Path, mosquitto
+) -> None:
+    """Changing mqtt.client_id (the discovery node id) left the old device's retained
+    configs on the broker: Home Assistant showed a second, dead Claudio for good. The
+    service remembers what it announced and withdraws what it no longer does."""
+    rules = write_rules(tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model)
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
+    state = tmp_path / "state"
+    state.mkdir()
+
+    def run_once() -> None:
+        proc = subprocess.run(
+            daemon_cmd("run", "--rules", str(rules), "--input", str(wav)),
+            cwd=ROOT,
+            env={**os.environ, "STATE_DIRECTORY": str(state)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    def retained_configs() -> set[str]:
+        with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/#"]) as ha:
+            time.sleep(0.5)
+            return {t for t, p, retained in ha.messages if p and retained}
+
+    run_once()
+    first = retained_configs()
+    assert first and all("/claudio-test/" in t for t in first)
+    rules.write_text(rules.read_text().replace("client_id: claudio-test", "client_id: kitchen"))
+    run_once()
+    second = retained_configs()
+    assert second and all("/kitchen/" in t for t in second), second
+    # A damaged record cannot make the service clear anyone else's retained topics.
+    record = state / "discovery.json"
+    record.write_text(json.dumps([*json.loads(record.read_text()), "tele/lamp/STATE"]))
+    with Subscriber(mosquitto.host, mosquitto.port, ["tele/lamp/#"]) as other:
+        other.client.publish("tele/lamp/STATE", "ON", qos=1, retain=True).wait_for_publish(5)
+    run_once()
+    with Subscriber(mosquitto.host, mosquitto.port, ["tele/lamp/STATE"]) as sub:
+        assert sub.wait_for(lambda m: m, 5)[0][1] == b"ON"
+
+
 def test_rules_reload_while_running(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:

@@ -478,6 +478,11 @@ class MqttPublisher:
         self._away = away
         self._enqueue_away(away)
 
+    @property
+    def discovery_topics(self) -> list[str]:
+        """The discovery config topics announced now (none while discovery is off)."""
+        return [t for t, _ in self._discovery]
+
     def publish_discovery(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Retained HA discovery configs; re-sent on reconnect and when HA comes online.
 
@@ -488,12 +493,17 @@ class MqttPublisher:
         new = list(messages)
         gone = {t for t, _ in self._discovery} - {t for t, _ in new}
         self._discovery = new
-        with self._lock:
-            # What a reload took away (a clap count no rule uses now): an empty retained
-            # config is how Home Assistant is told to remove the entity or trigger.
-            for topic in sorted(gone):
-                self._put_locked(topic, b"", Priority.STATE, True, topic)
+        # What a reload took away (a clap count no rule uses now).
+        self.withdraw_discovery(gone)
         self._enqueue_discovery()
+
+    def withdraw_discovery(self, topics: Iterable[str]) -> None:
+        """An empty retained config is how Home Assistant is told to remove an entity or
+        trigger; topics announced now are left alone."""
+        keep = set(self.discovery_topics)
+        with self._lock:
+            for topic in sorted(set(topics) - keep):
+                self._put_locked(topic, b"", Priority.STATE, True, topic)
 
     def configure_discovery(
         self,

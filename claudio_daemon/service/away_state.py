@@ -5,23 +5,19 @@ update, or systemd restarts the daemon after a crash. rules.yaml's `away.armed` 
 state at start, so without this the house would come back disarmed, silently, until the
 owner is home again.
 
-The state lives in systemd's StateDirectory (`$STATE_DIRECTORY/away.json`, mode 0600 under
-the unit's UMask) and only there: a daemon run by hand in a terminal keeps following
-rules.yaml, as a replay does. The file records which `armed` value rules.yaml had when the
-state was saved: when someone has since changed that value, the file's new word is the
-latest and wins; otherwise the saved state does.
+The state lives in the service's state directory (`away.json`, see state.py): a daemon run
+by hand in a terminal keeps following rules.yaml, as a replay does. The file records which
+`armed` value rules.yaml had when the state was saved: when someone has since changed that
+value, the file's new word is the latest and wins; otherwise the saved state does.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from claudio_daemon.service.state import StateFile, service_state_dir
 
 FILE_NAME = "away.json"
 
@@ -39,10 +35,8 @@ class SavedAway:
 
 def service_state_path() -> Path | None:
     """Where the service keeps the AWAY state, or None outside systemd."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if not state:
-        return None
-    return Path(state.split(":")[0]) / FILE_NAME
+    folder = service_state_dir()
+    return folder / FILE_NAME if folder is not None else None
 
 
 def starting_state(rules_armed: bool, saved: SavedAway | None) -> tuple[bool, str]:
@@ -54,52 +48,34 @@ def starting_state(rules_armed: bool, saved: SavedAway | None) -> tuple[bool, st
 
 
 class AwayStore:
-    """Reads and writes the saved AWAY state; never raises (a full or read-only disk must
-    not stop the daemon, it only loses the state over a restart, which the log says)."""
+    """The saved AWAY state; a file that cannot be trusted counts as none (said)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._write_failed = False
+        self.file = StateFile(path, "AWAY state")
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
     def load(self) -> SavedAway | None:
+        data = self.file.read()
+        if data is None:
+            return None
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
             return SavedAway(
                 armed=_as_bool(data["armed"]),
                 source=str(data["source"]),
                 saved_at=float(data["saved_at"]),
                 rules_armed=_as_bool(data["rules_armed"]),
             )
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning(
-                "%s: unreadable AWAY state (%s); starting as rules.yaml says", self.path, exc
-            )
+        except (ValueError, KeyError, TypeError) as exc:
+            self.file.unreadable(exc)
             return None
 
     def save(self, armed: bool, source: str, rules_armed: bool) -> None:
-        data = {
-            "armed": armed,
-            "source": source,
-            "saved_at": time.time(),
-            "rules_armed": rules_armed,
-        }
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            if not self._write_failed:
-                log.warning(
-                    "cannot save the AWAY state to %s (%s): a restart will start as "
-                    "rules.yaml says",
-                    self.path,
-                    exc,
-                )
-            self._write_failed = True
-            return
-        self._write_failed = False
+        self.file.write(
+            {"armed": armed, "source": source, "saved_at": time.time(), "rules_armed": rules_armed}
+        )
 
 
 def _as_bool(value: object) -> bool:
