@@ -490,8 +490,10 @@ def start_away(runner: Runner, publisher: MqttPublisher, rules_armed: bool) -> N
     armed, why = starting_state(rules_armed, store.load() if store is not None else None)
     if why != "rules.yaml":
         log.info("AWAY %s (%s)", "armed" if armed else "disarmed", why)
-    if armed:
-        runner.set_away(True, "restored" if why != "rules.yaml" else why)
+    if armed or rules_armed:
+        # The engine was built from rules.yaml: a restored "disarmed" must reach it too,
+        # not only Home Assistant.
+        runner.set_away(armed, "restored" if why != "rules.yaml" else why)
     else:
         publisher.publish_away_state(False)
     if store is not None:

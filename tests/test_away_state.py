@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from claudio_daemon.service.away_state import AwayStore, SavedAway, starting_state
@@ -59,3 +60,32 @@ def test_a_state_that_cannot_be_written_is_said_once(
     store.save(True, "cli", rules_armed=False)
     assert json.loads((tmp_path / "missing-dir" / "away.json").read_text())["armed"] is True
     assert not list((tmp_path / "missing-dir").glob(".*.tmp"))
+
+
+def test_a_restored_disarm_reaches_the_engine(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """rules.yaml says armed; the owner disarmed from the phone; the Pi rebooted. Home
+    Assistant was told OFF while the engine, built armed from rules.yaml, still alerted
+    and switched the lamps on for the family at home."""
+    from claudio_daemon import app
+    from claudio_daemon.events import Action, Alert
+    from claudio_daemon.mqtt.publisher import MqttPublisher
+    from claudio_daemon.pipeline import Pipeline
+    from claudio_daemon.rules.loader import parse_rules
+    from claudio_daemon.runner import Runner
+
+    rules = parse_rules(
+        "audio: {calibration: null}\n"
+        "appliances:\n  lamp: {preset: tasmota, topic: lamp}\n"
+        "away: {armed: true, actions: [lamp], arm_delay_s: 0}\n"
+    )
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    AwayStore(tmp_path / "away.json").save(False, "mqtt", rules_armed=True)
+    runner = Runner(Pipeline(rules, None))
+    app.start_away(runner, MqttPublisher(rules.mqtt), rules.away.armed)
+    assert not runner.pipeline.engine.away
+    sr = runner.pipeline.sample_rate
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(sr * 3) * 1e-3).astype(np.float32)
+    loud = (rng.standard_normal(sr // 2) * 0.3).astype(np.float32)
+    events = runner.pipeline.process(quiet) + runner.pipeline.process(loud)
+    assert [e for e in events if isinstance(e, (Alert, Action))] == []
