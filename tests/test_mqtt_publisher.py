@@ -263,6 +263,32 @@ def test_commands_too_old_to_mean_anything_are_dropped_not_sent_late(
     assert len(dropped) == 1 and LAMP in dropped[0] and "command_max_age_s" in dropped[0]
 
 
+def test_an_expired_command_in_flight_is_not_resent_by_paho(mosquitto, started, caplog) -> None:
+    """A toggle handed over just before the broker hung and died (never acknowledged):
+    paho re-sends what it had in flight on reconnecting, so the lamp switched whenever
+    the broker came back, however old the command."""
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
+    p = start(
+        started,
+        settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2, command_max_age_s=1.0),
+    )
+    p.resend_grace_s = 0.3
+    assert p.wait_connected(5)
+    mosquitto.pause()
+    p.send_action(lamp("STALE"))  # written to the socket, never acknowledged
+    time.sleep(0.2)
+    assert p.pending == 1
+    mosquitto.kill()
+    time.sleep(1.0)
+    mosquitto.start()
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
+        assert p.wait_connected(10)
+        assert p.flush(10)
+        time.sleep(0.5)
+        assert sub.messages == []
+    assert any("dropped cmnd/lamp/POWER" in r.getMessage() for r in caplog.records)
+
+
 def _ride_out_an_outage(broker, started) -> None:  # noqa: ANN001
     """A connected publisher, the broker down for ~10 reconnect attempts, then back."""
     p = start(started, settings_for(broker, reconnect_min_s=0.1, reconnect_max_s=0.2))

@@ -316,6 +316,9 @@ class MqttPublisher:
 
         # Written by paho's thread, read by the sender (single writes: no lock needed).
         self._acks: deque[tuple[int, Any]] = deque()
+        #: paho message id -> queue time of each device command handed to paho and not
+        #: yet acknowledged (written by the sender, read on connect by paho's thread).
+        self._commands_out: dict[int, float] = {}
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -607,6 +610,7 @@ class MqttPublisher:
         while self._acks:
             mid, reason = self._acks.popleft()
             entry = self._inflight.pop(mid, None)
+            self._commands_out.pop(mid, None)
             if entry is None:
                 continue  # availability messages, or an entry already re-sent
             if getattr(reason, "is_failure", False):  # MQTT 5 only; re-sending will not help
@@ -627,6 +631,7 @@ class MqttPublisher:
             log.warning("MQTT: re-sending %d unacknowledged message(s)", len(stale))
             for e in stale:
                 self._inflight.pop(e.mid or -1, None)
+                self._commands_out.pop(e.mid or -1, None)
                 e.mid = None
         self._send_ready()
 
@@ -666,6 +671,8 @@ class MqttPublisher:
             e.mid = info.mid
             e.generation = self._generation
             self._inflight[info.mid] = e
+            if e.priority is Priority.COMMAND:
+                self._commands_out[info.mid] = e.queued_at
             room -= 1
 
     def _remove(self, entry: _Entry) -> None:
@@ -722,6 +729,7 @@ class MqttPublisher:
                 log.debug("MQTT: refused again: %s", reason)
             return
         self._reported_refusal = None
+        self._withhold_expired_commands(client)
         # Time first: the sender reads the generation, then the time, without a lock.
         self._connected_at = time.monotonic()
         self._generation += 1
@@ -735,6 +743,27 @@ class MqttPublisher:
         self._connected.set()
         self._wake.set()
         log.info("MQTT: connected to %s:%d", s.host, s.port)
+
+    def _withhold_expired_commands(self, client: mqtt.Client) -> None:
+        """paho re-sends what it had in flight right after this callback, before the sender
+        hears of the reconnect: a command handed over just before the link silently died
+        (a broker host's power cut, Wi-Fi gone) would switch the lamp whenever the broker
+        is back. Commands older than command_max_age_s leave paho's queue here; the
+        outbox then drops them with its warning, like those that never left."""
+        max_age = self.settings.command_max_age_s
+        if max_age is None:
+            return
+        now = time.monotonic()
+        expired = [mid for mid, t in list(self._commands_out.items()) if now - t > max_age]
+        if not expired:
+            return
+        try:
+            # paho has no public way to cancel a message (checked with paho-mqtt 2.2).
+            with client._out_message_mutex:
+                for mid in expired:
+                    client._out_messages.pop(mid, None)
+        except AttributeError:
+            log.debug("MQTT: this paho cannot withhold %d expired command(s)", len(expired))
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._reported_unreachable:
