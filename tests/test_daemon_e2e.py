@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ from tests.daemon_helpers import (
     write_wav,
 )
 from tests.fixtures.broker import Subscriber
+
+T = TypeVar("T")
 
 scenes = pytest.importorskip("bench.scenes")
 
@@ -330,7 +334,9 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     state = tmp_path / "state"  # the service's StateDirectory
     state.mkdir()
 
-    def start() -> tuple[Daemon, NotifySocket]:
+    def while_running(then: Callable[[], T]) -> tuple[T, str]:
+        """Start the service, do `then` once it is ready, stop it: `then`'s result and
+        the daemon's log."""
         here = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
         here.mkdir()
         notify = NotifySocket(here)
@@ -338,18 +344,18 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
             ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
             env={"NOTIFY_SOCKET": str(notify.path), "STATE_DIRECTORY": str(state)},
         )
-        notify.wait_for("READY=1")
-        return daemon, notify
+        try:
+            notify.wait_for("READY=1")
+            result = then()
+            daemon.terminate()
+            code, _, err = daemon.wait(timeout=60)
+        finally:
+            daemon.kill()
+            notify.close()
+        assert code == 0, err
+        return result, err
 
-    daemon, notify = start()
-    try:
-        armed = away("on")
-        daemon.terminate()
-        code, _, err = daemon.wait(timeout=60)
-    finally:
-        daemon.kill()
-        notify.close()
-    assert code == 0, err
+    armed, err = while_running(lambda: away("on"))
     assert armed.returncode == 0, armed.stderr
     assert armed.stdout.strip() == "AWAY on: confirmed by the daemon (sent to claudio/away/set)"
     assert "AWAY armed (mqtt)" in err
@@ -361,16 +367,10 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     # A restart (a reboot, systemd after a crash) keeps the house armed although
     # rules.yaml says `armed: false`: that is the state at first start, not after a command.
     with Subscriber(mosquitto.host, mosquitto.port, ["claudio/away/state"]) as sub:
-        daemon, notify = start()
-        try:
-            # The daemon's own word, not the retained copy of the first run's.
-            sub.wait_for(lambda m: any(not retained for _, _, retained in m), timeout=10)
-            daemon.terminate()
-            code, _, err = daemon.wait(timeout=60)
-        finally:
-            daemon.kill()
-            notify.close()
-    assert code == 0, err
+        # The daemon's own word, not the retained copy of the first run's.
+        _, err = while_running(
+            lambda: sub.wait_for(lambda m: any(not r for _, _, r in m), timeout=10)
+        )
     assert [p for _, p, retained in sub.messages if not retained][0] == b"ON"
     assert "AWAY armed (restored: set by mqtt at " in err
 
