@@ -3,7 +3,8 @@
 # The caller sets ROOT and WORK. Every stage leaves a marker when it finishes and is skipped
 # next time; a `fit` that was cut short is resumed, so a run can simply be started again.
 #
-# Environment: BASE_EPOCHS (60), STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
+# Environment: BASE_EPOCHS (200; 60 for the recipe shipped before, models/README.md),
+# STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
 # MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
 # "HEAD" mines with this checkout's detector instead, which finds fewer patterns a replay),
 # MINE_REPLAYS (2: replays of each recording over a background when mining; with HEAD, 4
@@ -12,14 +13,14 @@
 # once keeps its clips, so change these with a fresh WORK), PYTHON
 # (.venv/bin/python: any interpreter that imports the training package and its extra),
 # FIT_ARGS (more `fit` options for both steps, e.g. `--no-channels-last` to repeat the
-# runs made before channels-last training bit for bit), CLAP_CHECK (min_clap_score=0.5:
+# runs made before channels-last training bit for bit), CLAP_CHECK (min_clap_score=0.7:
 # the clap check's operating point written into the exported models' metadata, chosen for
-# this recipe's models with bench/verifier_sweep.py on held-out folds; README, "Clap
-# benchmark"; several KEY=VALUE separated by spaces).
+# this recipe's models with bench/verifier_sweep.py on held-out folds; models/README.md,
+# "In the daemon: the clap benchmark"; several KEY=VALUE separated by spaces).
 # Where both caches are already built, or unpacked from `claudio-train pack-cache`
 # (scripts/gpu_lease.sh), no recordings are needed.
 
-BASE_EPOCHS=${BASE_EPOCHS:-60}
+BASE_EPOCHS=${BASE_EPOCHS:-200}
 STEP2_EPOCHS=${STEP2_EPOCHS:-24}
 SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
@@ -27,7 +28,7 @@ MINE_COMMIT=${MINE_COMMIT:-dca555f}
 MINE_REPLAYS=${MINE_REPLAYS:-2}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
-read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.5}"
+read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.7}"
 T=claudio_train
 claudio_train() { "$PY" -m training.cli "$@"; }
 E16=$DATA/esc50-16k-folds123

@@ -7,8 +7,8 @@
 #
 # --out receives the INT8 model (default WORK/claudio-esc50-se_resnet18.onnx);
 # `--out models/claudio-esc50-se_resnet18.onnx` replaces the shipped one. Finished stages
-# are skipped and a cut-short `fit` resumes: start it again to continue. About two hours
-# on a 2-core CPU. Environment: see scripts/recipe.sh.
+# are skipped and a cut-short `fit` resumes: start it again to continue. About three and a
+# half hours on a 2-core CPU, ten minutes on a GPU. Environment: see scripts/recipe.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
