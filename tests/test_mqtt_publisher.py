@@ -27,7 +27,11 @@ LAMP = "cmnd/lamp/POWER"
 
 
 def lamp(payload: str = "TOGGLE", sample: int = 0) -> Action:
-    return Action("lamp", "toggle", LAMP, payload, sample, "claps:2")
+    """A toggle, or a numbered command ("A1"...) for order tests: those are not toggles,
+    since two unsent toggles of one device cancel out."""
+    return Action(
+        "lamp", "toggle" if payload == "TOGGLE" else "on", LAMP, payload, sample, "claps:2"
+    )
 
 
 def settings_for(broker, **overrides) -> MqttSettings:
@@ -287,6 +291,30 @@ def test_an_expired_command_in_flight_is_not_resent_by_paho(mosquitto, started, 
         time.sleep(0.5)
         assert sub.messages == []
     assert any("dropped cmnd/lamp/POWER" in r.getMessage() for r in caplog.records)
+
+
+def test_two_toggles_waiting_for_the_broker_cancel_out(mosquitto, started, caplog) -> None:
+    """Clapping the lamp on and off again while the broker is away left it as it was; sent
+    together when the broker returned, the two toggles flashed it. An "on" between two
+    toggles keeps all three in order."""
+    caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="toggles") as sub:
+        p = start(started, settings_for(mosquitto))
+        assert p.wait_connected(5)
+        mosquitto.stop()
+        deadline = time.monotonic() + 5
+        while p.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for action in (lamp(), lamp(), Action("lamp", "on", LAMP, "ON", 0, "claps:3"), lamp()):
+            p.send_action(action)
+        assert p.pending == 2
+        mosquitto.start()
+        assert p.flush(10)
+        sub.wait_for(lambda m: len(m) >= 2, 5)
+        time.sleep(0.3)
+        assert [x[1] for x in sub.messages] == [b"ON", b"TOGGLE"]
+    said = [r.getMessage() for r in caplog.records if "cancel out" in r.getMessage()]
+    assert said == [f"MQTT: two toggles of {LAMP} waited for the broker; they cancel out"]
 
 
 def _ride_out_an_outage(broker, started) -> None:  # noqa: ANN001

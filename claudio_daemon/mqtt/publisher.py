@@ -111,6 +111,8 @@ class _Entry:
     generation: int = 0
     #: time.monotonic() when queued: network delays are real time, not audio time.
     queued_at: float = field(default_factory=time.monotonic)
+    #: A device toggle: a second one queued behind it, unsent, undoes it.
+    toggle: bool = False
 
 
 def default_client_factory(settings: MqttSettings) -> mqtt.Client:
@@ -454,7 +456,12 @@ class MqttPublisher:
                 "every reconnect); ignoring retain for %s",
                 action.topic,
             )
-        self._enqueue(action.topic, action.payload.encode("utf-8"), Priority.COMMAND)
+        self._enqueue(
+            action.topic,
+            action.payload.encode("utf-8"),
+            Priority.COMMAND,
+            toggle=action.command == "toggle",
+        )
 
     def publish_event(self, event: Event) -> None:
         """Every clap pattern or sound as JSON on <prefix>/event, plus the HA event topics."""
@@ -549,6 +556,7 @@ class MqttPublisher:
         *,
         retain: bool = False,
         key: str | None = None,
+        toggle: bool = False,
     ) -> None:
         if not _valid_publish_topic(topic):
             log.error("MQTT: refusing to publish to invalid topic %r", topic)
@@ -557,8 +565,24 @@ class MqttPublisher:
             if self._closed:
                 log.debug("MQTT: publisher stopped; not sending to %s", topic)
                 return
-            self._put_locked(topic, payload, priority, retain, key)
+            if toggle and self._cancel_toggle_locked(topic):
+                return
+            self._put_locked(topic, payload, priority, retain, key, toggle=toggle)
         self._wake.set()
+
+    def _cancel_toggle_locked(self, topic: str) -> bool:
+        """Two toggles of one device waiting for the broker leave it as it was: both go, or
+        the lamp would flash on and off when the broker returns. Only when the device's
+        latest command is that unsent toggle (an "on" between them must stay in order)."""
+        for seq, e in reversed(self._outbox.items()):
+            if e.topic != topic or e.priority is not Priority.COMMAND:
+                continue
+            if not (e.toggle and e.mid is None):
+                return False
+            del self._outbox[seq]
+            log.info("MQTT: two toggles of %s waited for the broker; they cancel out", topic)
+            return True
+        return False
 
     def _make_room(self, new: _Entry) -> bool:
         """Drop one message to fit `new`; False when `new` itself is the one to drop."""
@@ -693,13 +717,20 @@ class MqttPublisher:
             self._put_locked(topic, _json(config), Priority.STATE, True, topic)
 
     def _put_locked(
-        self, topic: str, payload: bytes, priority: Priority, retain: bool, key: str | None
+        self,
+        topic: str,
+        payload: bytes,
+        priority: Priority,
+        retain: bool,
+        key: str | None,
+        *,
+        toggle: bool = False,
     ) -> None:
         if key is not None:
             for seq, e in list(self._outbox.items()):
                 if e.key == key and e.mid is None:
                     del self._outbox[seq]
-        entry = _Entry(topic, payload, retain, priority, key)
+        entry = _Entry(topic, payload, retain, priority, key, toggle=toggle)
         if len(self._outbox) >= self.settings.queue_max and not self._make_room(entry):
             return
         self._outbox[next(self._seq)] = entry
