@@ -260,8 +260,7 @@ def announce(
     before = announced.read()
     if isinstance(before, list) and all(isinstance(t, str) for t in before):
         # Only what can have been ours: a damaged file must not clear other retained topics.
-        ours = [t for t in before if t.endswith("/config") and not set(t) & set("+#\0")]
-        publisher.withdraw_discovery(ours)
+        publisher.withdraw_discovery(t for t in before if t.endswith("/config"))
     elif before is not None:
         announced.unreadable("not a list of topics")
     announced.write(publisher.discovery_topics)
@@ -488,12 +487,13 @@ def start_away(runner: Runner, publisher: MqttPublisher, rules_armed: bool) -> N
     path = service_state_path()
     store = AwayStore(path) if path is not None else None
     armed, why = starting_state(rules_armed, store.load() if store is not None else None)
-    if why != "rules.yaml":
+    restored = why != "rules.yaml"
+    if restored:
         log.info("AWAY %s (%s)", "armed" if armed else "disarmed", why)
     if armed or rules_armed:
         # The engine was built from rules.yaml: a restored "disarmed" must reach it too,
         # not only Home Assistant.
-        runner.set_away(armed, "restored" if why != "rules.yaml" else why)
+        runner.set_away(armed, "restored" if restored else why)
     else:
         publisher.publish_away_state(False)
     if store is not None:

@@ -428,14 +428,8 @@ def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFix
     from claudio_daemon.mqtt.publisher import MqttPublisher
     from claudio_daemon.pipeline import Pipeline
     from claudio_daemon.rules.loader import parse_rules
+    from tests.test_pipeline import RULES as base
 
-    base = """\
-audio: {calibration: null}
-appliances:
-  lamp: {preset: tasmota, topic: lamp}
-triggers:
-  - {claps: 2, actions: [lamp: toggle]}
-"""
     rules = parse_rules(base)
     pipeline = Pipeline(rules, None)
     apply = reload_applier(pipeline, MqttPublisher(rules.mqtt), None, rules)

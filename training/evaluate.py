@@ -439,11 +439,8 @@ def evaluate(
     # The model's other outputs still compete for top-1, except an auxiliary one the data
     # does not use (clap_pattern answers the clap check, it is no sound of any dataset):
     # ESC-50 scores among its 50 classes, as the literature does.
-    r_cols = [
-        i
-        for i, lab in enumerate(model.labels)
-        if lab not in set(shared) and lab not in AUXILIARY_LABELS
-    ]
+    not_rivals = {*shared, *AUXILIARY_LABELS}
+    r_cols = [i for i, lab in enumerate(model.labels) if lab not in not_rivals]
     rivals = logits_all[:, r_cols]
     targets = ev.targets[:, d_cols]
     rates = ev.source_rates

@@ -509,10 +509,11 @@ class MqttPublisher:
 
     def withdraw_discovery(self, topics: Iterable[str]) -> None:
         """An empty retained config is how Home Assistant is told to remove an entity or
-        trigger; topics announced now are left alone."""
+        trigger; topics announced now, and names no topic can have, are left alone."""
         keep = set(self.discovery_topics)
+        gone = sorted(t for t in set(topics) - keep if _valid_publish_topic(t))
         with self._lock:
-            for topic in sorted(set(topics) - keep):
+            for topic in gone:
                 self._put_locked(topic, b"", Priority.STATE, True, topic)
 
     def configure_discovery(

@@ -29,6 +29,7 @@ from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.events import Command
 from claudio_daemon.mqtt.settings import MqttSettings
 from claudio_daemon.rules import presets
+from claudio_daemon.service.state import service_state_dir
 
 #: Label that a clap pattern counts as in AWAY mode (ESC-50's name for hand claps).
 CLAP_LABEL = "clapping"
@@ -76,9 +77,9 @@ def _check_topic(value: str | None, what: str) -> str | None:
 
 def _state_dir() -> Path:
     """systemd's StateDirectory= if running as a service, else the XDG state home."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0])
+    service = service_state_dir()
+    if service is not None:
+        return service
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
     return base / "claudio"

@@ -53,10 +53,6 @@ class AwayStore:
     def __init__(self, path: Path) -> None:
         self.file = StateFile(path, "AWAY state")
 
-    @property
-    def path(self) -> Path:
-        return self.file.path
-
     def load(self) -> SavedAway | None:
         data = self.file.read()
         if data is None:
