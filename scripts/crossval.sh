@@ -7,11 +7,16 @@
 # and the step-1 base alone) and a table of all folds is written to WORK/summary.md.
 # Finished stages are skipped and a cut-short `fit` resumes: start it again to continue.
 #
-#   scripts/crossval.sh [--work DIR] [--jobs N] [--train-only] FOLD...
+#   scripts/crossval.sh [--work DIR] [--jobs N] [--train-only | --score-cache] FOLD...
 #       e.g. scripts/crossval.sh 1 2 3 4
 #
 # --train-only stops after the export: where the recordings are not at hand (a GPU that got
 # the caches from `claudio-train pack-cache`, see scripts/gpu_lease.sh), score them later.
+# --score-cache scores the fold's real clips from the log-mel cache instead of the
+# recordings (the same clips; from a packed cache, within its 0.31 dB steps), so a machine
+# without the recordings can still measure float and INT8 accuracy.
+# With VARIANT set (scripts/recipe.sh), step 2 and the scores are the variant's
+# (runs/foldK/int8-VARIANT.json ..., WORK/summary-VARIANT.md); the base is shared.
 #
 # Environment: see scripts/recipe.sh (epochs, seed, data folder, mining commit).
 # A 2-core CPU needs about 65 minutes a fold; run folds side by side only on a GPU.
@@ -21,13 +26,15 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$ROOT/runs/crossval
 JOBS=1
 SCORE=1
+FROM_CACHE=0
 FOLDS=()
 while [ $# -gt 0 ]; do
     case $1 in
         --work) WORK=$(realpath -m "$2"); shift 2 ;;
         --jobs) JOBS=$2; shift 2 ;;
         --train-only) SCORE=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --score-cache) FROM_CACHE=1; shift ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         [1-9]) FOLDS+=("$1"); shift ;;
         *) echo "crossval: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -44,18 +51,21 @@ fold() {
     local run=$WORK/runs/fold$k
     recipe_train "fold$k" "$k"
     [ $SCORE = 1 ] || { say "fold$k: trained (--train-only: not scored)"; return 0; }
-    local test=$E16
+    local test=$E16 where="recordings" file
     [ "$k" = 4 ] && test=$E44
-    say "fold$k: scoring its real recordings"
+    [ $FROM_CACHE = 1 ] && test=$WORK/cache/esc50 where="clips from the cache"
+    say "fold$k: scoring its real $where"
     for name in int8 float base; do
-        [ -s "$run/$name.json" ] && continue
+        file=$run/$name${VARIANT:+-$VARIANT}.json
+        [ "$name" = base ] && file=$run/base.json
+        [ -s "$file" ] && continue
         case $name in
-            int8) model=$run/export/model.int8.onnx ;;
-            float) model=$run/claps/last.pt ;;
+            int8) model=$run/$EXPORT_DIR/model.int8.onnx ;;
+            float) model=$run/$STEP2_DIR/last.pt ;;
             base) model=$run/base/last.pt ;;
         esac
-        "$T" evaluate "$model" "$test" --folds "$k" --json >"$run/$name.json.tmp"
-        mv "$run/$name.json.tmp" "$run/$name.json"
+        "$T" evaluate "$model" "$test" --folds "$k" --json >"$file.tmp"
+        mv "$file.tmp" "$file"
     done
     say "fold$k: done"
 }
@@ -73,15 +83,17 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 [ $SCORE = 1 ] || exit 0
 
-"$PY" - "$WORK" "${FOLDS[@]}" <<'PYEOF'
+"$PY" - "$WORK" "$VARIANT" "${FOLDS[@]}" <<'PYEOF'
 import json
 import sys
 from pathlib import Path
 
-work, folds = Path(sys.argv[1]), sys.argv[2:]
+work, variant, folds = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+suffix = f"-{variant}" if variant else ""
 rows, acc = [], {"base": [], "float": [], "int8": []}
 for k in folds:
-    m = {v: json.loads((work / "runs" / f"fold{k}" / f"{v}.json").read_text()) for v in acc}
+    run = work / "runs" / f"fold{k}"
+    m = {v: json.loads((run / f"{v}{'' if v == 'base' else suffix}.json").read_text()) for v in acc}
     for v in acc:
         acc[v].append(m[v]["accuracy"])
     rows.append(
@@ -99,6 +111,6 @@ table = "\n".join(
         f"| mean | | {mean['base']:.3f} | {mean['float']:.3f} / {mean['int8']:.3f} | | |",
     ]
 )
-(work / "summary.md").write_text(table + "\n")
+(work / f"summary{suffix}.md").write_text(table + "\n")
 print(table)
 PYEOF

@@ -7,15 +7,24 @@
 #   scripts/gpu_lease.sh prepare [--work DIR] [--lease DIR] [--no-wheels]
 #       here: build the recipe's inputs (as train_model.sh does), pack them into
 #       LEASE/esc50.pack and fetch the wheels into LEASE/whl (default LEASE: .lease)
-#   scripts/gpu_lease.sh train [--work DIR] [--lease DIR] [--out DIR] [TARGET...]
+#   scripts/gpu_lease.sh train [--work DIR] [--lease DIR] [--out DIR] [--scores-only]
+#                              [TARGET...]
 #       there, in the repository root: unpack, then train every TARGET side by side (a
 #       test fold 1-4, trained without it as scripts/crossval.sh does, or "all", the
 #       shipped model's run; default: 1 2 3 4 all) and copy each INT8 model to
-#       OUT/TARGET.int8.onnx (default OUT: $OUT) with the logs in OUT/logs.tar.gz
+#       OUT/TARGET.int8.onnx (default OUT: $OUT; fold1-VARIANT.int8.onnx with VARIANT set)
+#       with the logs in OUT/logs.tar.gz. Each test fold's real clips are scored there
+#       from the cache (base, float and INT8: `crossval.sh --score-cache`), the table in
+#       OUT/crossval.md (crossval-VARIANT.md). --scores-only copies no fold model (a call
+#       returns at most 8 files, 64 MiB: step-2 variants of four folds are scores only).
 #
 # A call:  run(command="scripts/gpu_lease.sh train", carry=[".lease"], timeout_s=590)
-# (on one H100 the five targets of the shipped recipe took 554 s side by side)
-# Score the returned models here with `claudio-train evaluate MODEL DATA --folds K --json`.
+# (on one H100 the five targets of the shipped recipe took 554 s side by side). A step-2
+# variant on the bases a first call trained, on the same warm machine:
+#   run(command="VARIANT=lr2e-4 STEP2_ARGS='--lr 0.0002' scripts/gpu_lease.sh train
+#                --scores-only 1 2 3 4", carry=[".lease"])
+# Score the returned models on the recordings here with `claudio-train evaluate MODEL DATA
+# --folds K --json` (the cache's scores are within its 8-bit steps of these).
 # Environment as for scripts/recipe.sh; PYTHON defaults to python3 for `train`. A `train`
 # cut short resumes on the same machine (WORK defaults to runs/lease, kept between calls).
 set -euo pipefail
@@ -27,6 +36,7 @@ LEASE=$ROOT/.lease
 WORK=
 DEST=${OUT:-}
 WHEELS=1
+SCORES_ONLY=0
 TARGETS=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -34,6 +44,7 @@ while [ $# -gt 0 ]; do
         --lease) LEASE=$(realpath -m "$2"); shift 2 ;;
         --out) DEST=$(realpath -m "$2"); shift 2 ;;
         --no-wheels) WHEELS=0; shift ;;
+        --scores-only) SCORES_ONLY=1; shift ;;
         [1-9] | all) TARGETS+=("$1"); shift ;;
         *) echo "gpu_lease: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -86,10 +97,13 @@ print(" ".join(f"{p}=={m.version(p)}" for p in ("soundfile", "cffi", "pycparser"
         train_target() {
             local t=$1
             if [ "$t" = all ]; then
-                "$ROOT/scripts/train_model.sh" --work "$WORK" --out "$DEST/all.int8.onnx"
+                "$ROOT/scripts/train_model.sh" --work "$WORK" \
+                    --out "$DEST/all${VARIANT:+-$VARIANT}.int8.onnx"
             else
-                "$ROOT/scripts/crossval.sh" --work "$WORK" --train-only "$t" &&
-                    cp "$WORK/runs/fold$t/export/model.int8.onnx" "$DEST/fold$t.int8.onnx"
+                "$ROOT/scripts/crossval.sh" --work "$WORK" --score-cache "$t" || return 1
+                [ $SCORES_ONLY = 1 ] ||
+                    cp "$WORK/runs/fold$t/$EXPORT_DIR/model.int8.onnx" \
+                        "$DEST/fold$t${VARIANT:+-$VARIANT}.int8.onnx"
             fi
         }
         pids=()
@@ -106,12 +120,21 @@ print(" ".join(f"{p}=={m.version(p)}" for p in ("soundfile", "cffi", "pycparser"
                 say "${TARGETS[$i]} failed (see logs)"
             fi
         done
-        (cd "$WORK" && tar czf "$DEST/logs.tar.gz" logs runs/*/*.log 2>/dev/null) || true
+        folds=()
+        for t in "${TARGETS[@]}"; do [ "$t" = all ] || folds+=("$t"); done
+        if [ ${#folds[@]} -gt 0 ] && [ $failed = 0 ]; then
+            # Every fold is scored by now: this only writes the table.
+            "$ROOT/scripts/crossval.sh" --work "$WORK" --score-cache "${folds[@]}" \
+                >"$DEST/crossval${VARIANT:+-$VARIANT}.md" 2>>"$WORK/logs/summary.out" ||
+                failed=1
+        fi
+        (cd "$WORK" && tar czf "$DEST/logs.tar.gz" logs runs/*/*.log runs/*/*.json \
+            2>/dev/null) || true
         say "done: $(cd "$DEST" && echo *.onnx)"
         exit $failed
         ;;
     -h | --help | "")
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
         [ -n "$cmd" ] || exit 2
         ;;
     *) echo "gpu_lease: unknown command '$cmd' (prepare or train; see --help)" >&2; exit 2 ;;

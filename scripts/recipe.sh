@@ -13,7 +13,11 @@
 # once keeps its clips, so change these with a fresh WORK), PYTHON
 # (.venv/bin/python: any interpreter that imports the training package and its extra),
 # FIT_ARGS (more `fit` options for both steps, e.g. `--no-channels-last` to repeat the
-# runs made before channels-last training bit for bit), CLAP_CHECK (min_clap_score=0.7:
+# runs made before channels-last training bit for bit), BASE_ARGS and STEP2_ARGS (the same
+# for one step; they come last, so `STEP2_ARGS="--lr 0.0002"` replaces the recipe's own
+# value: variants to try on held-out folds, not the shipped recipe), VARIANT (a name: step 2
+# and the export go to runs/NAME/claps-VARIANT and export-VARIANT, on the same base, so
+# step-2 variants can be compared without training the base again), CLAP_CHECK (min_clap_score=0.7:
 # the clap check's operating point written into the exported models' metadata, chosen for
 # this recipe's models with bench/verifier_sweep.py on held-out folds; models/README.md,
 # "In the daemon: the clap benchmark"; several KEY=VALUE separated by spaces).
@@ -22,12 +26,18 @@
 
 BASE_EPOCHS=${BASE_EPOCHS:-200}
 STEP2_EPOCHS=${STEP2_EPOCHS:-24}
+VARIANT=${VARIANT:-}
+[[ $VARIANT =~ ^[A-Za-z0-9._-]*$ ]] || { echo "VARIANT: letters, digits, '.', '_', '-' only" >&2; exit 2; }
+STEP2_DIR=claps${VARIANT:+-$VARIANT}
+EXPORT_DIR=export${VARIANT:+-$VARIANT}
 SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
 MINE_REPLAYS=${MINE_REPLAYS:-2}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
+read -r -a BASE_EXTRA <<<"${BASE_ARGS:-}"
+read -r -a STEP2_EXTRA <<<"${STEP2_ARGS:-}"
 read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.7}"
 T=claudio_train
 claudio_train() { "$PY" -m training.cli "$@"; }
@@ -135,18 +145,20 @@ recipe_train() {
     say "$name: step 1, the base model ($BASE_EPOCHS epochs; log: $run/base.log)"
     recipe_fit "$run/base" --cache "$WORK/cache/esc50-$name" --model se_resnet18 \
         --epochs "$BASE_EPOCHS" --batch-size 32 --lr 0.002 --weight-decay 0.05 \
-        --mixup-alpha 0.3 "${split[@]}" "${FIT_EXTRA[@]}" >>"$run/base.log" 2>&1
-    say "$name: step 2, the clap check's view ($STEP2_EPOCHS epochs; log: $run/claps.log)"
-    recipe_fit "$run/claps" --cache "$WORK/cache/esc50-claps-$name" \
+        --mixup-alpha 0.3 "${split[@]}" "${FIT_EXTRA[@]}" "${BASE_EXTRA[@]}" \
+        >>"$run/base.log" 2>&1
+    say "$name: step 2, the clap check's view ($STEP2_EPOCHS epochs; log: $run/$STEP2_DIR.log)"
+    recipe_fit "$run/$STEP2_DIR" --cache "$WORK/cache/esc50-claps-$name" \
         --init-from "$run/base/last.pt" --model se_resnet18 --epochs "$STEP2_EPOCHS" \
         --batch-size 32 --lr 0.0005 --weight-decay 0.05 --mixup-alpha 0.3 \
-        --segment-prob 0.5 "${split[@]}" "${FIT_EXTRA[@]}" >>"$run/claps.log" 2>&1
-    if [ ! -f "$run/export/model.int8.onnx" ]; then
+        --segment-prob 0.5 "${split[@]}" "${FIT_EXTRA[@]}" "${STEP2_EXTRA[@]}" \
+        >>"$run/$STEP2_DIR.log" 2>&1
+    if [ ! -f "$run/$EXPORT_DIR/model.int8.onnx" ]; then
         say "$name: export (INT8)"
         local check=() c
         for c in "${CLAP_CHECK_ARGS[@]}"; do check+=(--clap-check "$c"); done
-        "$T" export "$run/claps/last.pt" --out "$run/export/model.onnx" \
+        "$T" export "$run/$STEP2_DIR/last.pt" --out "$run/$EXPORT_DIR/model.onnx" \
             --parity-data "$WORK/cache/esc50-claps-$name" --int8 "${check[@]}" \
-            >"$run/export.log" 2>&1
+            >"$run/$EXPORT_DIR.log" 2>&1
     fi
 }

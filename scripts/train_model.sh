@@ -30,6 +30,6 @@ recipe_check
 recipe_inputs
 recipe_train all
 mkdir -p "$(dirname "$OUT")"
-cp "$WORK/runs/all/export/model.int8.onnx" "$OUT.tmp"
+cp "$WORK/runs/all/$EXPORT_DIR/model.int8.onnx" "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 say "wrote $OUT ($(($(stat -c %s "$OUT") / 1000000)) MB)"

@@ -187,9 +187,16 @@ def test_a_gpu_lease_trains_from_the_packed_caches_alone(
     assert res.returncode == 0, res.stderr[-4000:]
     assert sorted(p.name for p in out.iterdir()) == [
         "all.int8.onnx",
+        "crossval.md",
         "fold2.int8.onnx",
         "logs.tar.gz",
     ]
+    # There, without the recordings, fold 2's real clips were scored from the cache.
+    run2 = there / "runs" / "fold2"
+    int8 = json.loads((run2 / "int8.json").read_text())
+    assert int8["n_clips"] == len(CLASSES)
+    assert f"| 2 | {len(CLASSES)} |" in (out / "crossval.md").read_text()
+    assert f"/ {int8['accuracy']:.3f} |" in (out / "crossval.md").read_text()
     fold2 = OnnxClassifier(out / "fold2.int8.onnx", device="cpu")
     assert fold2.metadata.training_data["held_out_folds"] == ["2"]
     stats = json.loads((there / "cache" / "esc50-claps-fold2" / "stats.json").read_text())
@@ -204,3 +211,54 @@ def test_a_gpu_lease_trains_from_the_packed_caches_alone(
     assert shipped.frontend.mean == pytest.approx(mean, abs=0.2)
     assert shipped.frontend.std == pytest.approx(std, abs=0.2)
     assert shipped.frontend.mean != mean  # trained on the quantised copy, not the original
+
+
+def test_a_step2_variant_reuses_the_base_and_returns_scores_only(
+    work: Path, data: Path, tmp_path: Path
+) -> None:
+    """A variant (VARIANT, STEP2_ARGS) trains step 2 again on the base already there and
+    scores it beside the recipe's, so variants of four folds fit in one call's 8 files."""
+    lease, there, out = tmp_path / "lease", tmp_path / "there", tmp_path / "out"
+    res = _script(
+        "gpu_lease.sh",
+        "prepare",
+        "--work",
+        str(work),
+        "--lease",
+        str(lease),
+        "--no-wheels",
+        data=data,
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    common = ("--work", str(there), "--lease", str(lease), "--out", str(out), "--scores-only")
+    py = str(ROOT / ".venv" / "bin" / "python")
+    res = _script("gpu_lease.sh", "train", *common, "3", data=tmp_path / "none", PYTHON=py)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run = there / "runs" / "fold3"
+    base = (run / "base" / "last.pt").stat().st_mtime_ns
+    res = _script(
+        "gpu_lease.sh",
+        "train",
+        *common,
+        "3",
+        data=tmp_path / "none",
+        PYTHON=py,
+        VARIANT="lr2e-4",
+        STEP2_ARGS="--lr 0.0002",
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "crossval-lr2e-4.md",
+        "crossval.md",
+        "logs.tar.gz",
+    ]
+    assert (run / "base" / "last.pt").stat().st_mtime_ns == base
+    recipe = load_checkpoint(run / "claps" / "last.pt")["config"]
+    variant = load_checkpoint(run / "claps-lr2e-4" / "last.pt")["config"]
+    assert (recipe["lr"], variant["lr"]) == (0.0005, 0.0002)
+    assert (run / "export-lr2e-4" / "model.int8.onnx").is_file()
+    scored = json.loads((run / "int8-lr2e-4.json").read_text())
+    table = (out / "crossval-lr2e-4.md").read_text()
+    assert f"| 3 | {len(CLASSES)} |" in table and f"/ {scored['accuracy']:.3f} |" in table
+    res = _script("gpu_lease.sh", "train", *common, "3", data=data, PYTHON=py, VARIANT="a b")
+    assert res.returncode == 2 and "VARIANT" in res.stderr
