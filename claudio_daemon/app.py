@@ -367,7 +367,10 @@ def run_replay(
     try:
         if parts.rules.away.armed:
             runner.set_away(True, "rules.yaml")
-        runner.run(source)
+        try:
+            runner.run(source)
+        except AudioFileError as exc:  # a file cut short decodes until it breaks
+            raise UserError(str(exc)) from exc
     finally:
         if publisher is not None:
             delivered = publisher.stop() is not False

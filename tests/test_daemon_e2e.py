@@ -656,3 +656,25 @@ def test_away_from_a_shell_reads_the_services_credential(mosquitto_auth, tmp_pat
     assert missing.returncode == 2
     assert "cannot read the MQTT password" in missing.stderr and "sudo" in missing.stderr
     assert "could not reach" not in missing.stderr
+
+
+def test_replay_of_a_file_broken_half_way_is_one_clear_error(tmp_path: Path) -> None:
+    """A FLAC cut short (a copy that stopped half-way) opens fine and fails while decoding:
+    `replay` crashed with a traceback there instead of naming the file."""
+    noise = 0.1 * np.random.default_rng(0).standard_normal(SR * 5)
+    whole = tmp_path / "whole.flac"
+    sf.write(whole, noise.astype(np.float32), SR)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: len(data) // 2])
+    rules = write_rules(tmp_path / "rules.yaml")
+    proc = subprocess.run(
+        daemon_cmd("replay", str(cut), "--rules", str(rules), "--no-classifier"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"{cut}: cannot decode audio" in proc.stderr

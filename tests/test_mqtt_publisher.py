@@ -317,6 +317,33 @@ def test_two_toggles_waiting_for_the_broker_cancel_out(mosquitto, started, caplo
     assert said == [f"MQTT: two toggles of {LAMP} waited for the broker; they cancel out"]
 
 
+def test_a_toggle_too_old_to_send_does_not_cancel_a_fresh_one(
+    mosquitto, started, caplog
+) -> None:
+    """Clapped once, then again minutes later, the broker away all along: the first toggle
+    is too old to be sent (command_max_age_s) and the second is what the user wants now.
+    They cancelled out, and the lamp did nothing."""
+    caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="late") as sub:
+        p = start(started, settings_for(mosquitto, command_max_age_s=1.0))
+        assert p.wait_connected(5)
+        mosquitto.stop()
+        deadline = time.monotonic() + 5
+        while p.connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p.send_action(lamp())
+        time.sleep(1.2)
+        p.send_action(lamp())
+        mosquitto.start()
+        assert p.flush(10)
+        sub.wait_for(lambda m: len(m) >= 1, 5)
+        time.sleep(0.3)
+        assert [x[1] for x in sub.messages] == [b"TOGGLE"]
+    said = [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "cancel out" in m]
+    assert len([m for m in said if m.startswith(f"MQTT: dropped {LAMP} b'TOGGLE'")]) == 1
+
+
 def _ride_out_an_outage(broker, started) -> None:  # noqa: ANN001
     """A connected publisher, the broker down for ~10 reconnect attempts, then back."""
     p = start(started, settings_for(broker, reconnect_min_s=0.1, reconnect_max_s=0.2))

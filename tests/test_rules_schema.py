@@ -235,6 +235,24 @@ def test_plain_password_rejected():
     assert "hunter2" not in lines[0]
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("password_env", "918273645"),
+        ("password_env", "3.14159"),
+        ("password_env", "s3cr3t pass"),
+        ("password_file", "918273645"),
+        ("password_file", "3.14159"),
+    ],
+)
+def test_a_password_pasted_where_its_name_or_file_belongs_is_not_echoed(key, value):
+    """The error reaches the journal and `systemctl status`: a PIN-like password that
+    YAML reads as a number was echoed ("got 918273645"), a string one was not."""
+    lines = problems(f"mqtt:\n  username: claudio\n  {key}: {value}\n")
+    assert len(lines) == 1 and lines[0].startswith(f"rules.yaml:3: mqtt.{key}: ")
+    assert value not in lines[0]
+
+
 def test_yaml_syntax_error_has_file_and_line(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("mqtt:\n  host: localhost\ntriggers: [\n  {claps: 2\n")

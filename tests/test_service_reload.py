@@ -445,7 +445,8 @@ def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFix
 
 def test_an_edit_the_service_cannot_read_is_said_once(tmp_path: Path) -> None:
     """An editor that renames a root-only 0600 file over rules.yaml: the service (not root)
-    used to take the file for vanished, forever and without a word."""
+    used to take the file for vanished, forever and without a word. The fix the error calls
+    for, `chmod 644`, changes no time, size or inode, and was never noticed either."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the watcher as another user")
     folder = Path(tempfile.mkdtemp(prefix="claudio-unreadable-"))  # tmp_path is 0700
@@ -464,10 +465,12 @@ def test_an_edit_the_service_cannot_read_is_said_once(tmp_path: Path) -> None:
             "r = Reloader(Path(sys.argv[1]), load=load_rules, apply=lambda v: None)\n"
             "r.watcher._clock = lambda: t[0]\n"
             "print('ready', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "for _ in range(6):\n"
-            "    t[0] += 1.0\n"
-            "    print(r.check().value, flush=True)\n"
+            "for _ in sys.stdin:\n"
+            "    res = []\n"
+            "    for _ in range(6):\n"
+            "        t[0] += 1.0\n"
+            "        res.append(r.check().value)\n"
+            "    print(' '.join(res), flush=True)\n"
         )
         proc = subprocess.Popen(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -484,9 +487,15 @@ def test_an_edit_the_service_cannot_read_is_said_once(tmp_path: Path) -> None:
         new.write_text("appliances: {}\n# edited as root\n")
         new.chmod(0o600)
         os.replace(new, rules)
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        first = proc.stdout.readline().split()
+        rules.chmod(0o644)
         out, err = proc.communicate("go\n", timeout=60)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    assert out.split().count("rejected") == 1, out
+    assert first.count("rejected") == 1 and set(first) == {"rejected", "unchanged"}, first
+    assert out.split().count("reloaded") == 1, out
     (line,) = [x for x in err.splitlines() if x.startswith("ERROR")]
     assert "Permission denied" in line and "keeping the previous rules" in line

@@ -580,6 +580,8 @@ class MqttPublisher:
                 continue
             if not (e.toggle and e.mid is None):
                 return False
+            if self._drop_if_stale_locked(e, time.monotonic()):
+                return False  # too old to be sent: the new toggle goes alone
             del self._outbox[seq]
             log.info("MQTT: two toggles of %s waited for the broker; they cancel out", topic)
             return True
@@ -660,27 +662,32 @@ class MqttPublisher:
                 e.mid = None
         self._send_ready()
 
+    def _drop_if_stale_locked(self, e: _Entry, now: float) -> bool:
+        """An unsent command older than command_max_age_s leaves the outbox (said)."""
+        max_age = self.settings.command_max_age_s
+        if e.priority is not Priority.COMMAND or max_age is None or now - e.queued_at <= max_age:
+            return False
+        log.warning(
+            "MQTT: dropped %s %s, queued %.0f s ago while the broker was "
+            "unreachable (older than mqtt.command_max_age_s %g)",
+            e.topic,
+            describe_payload(e.payload),
+            now - e.queued_at,
+            max_age,
+        )
+        self._remove(e)
+        return True
+
     def _send_ready(self) -> None:
         assert self._client is not None
         room = self._window - len(self._inflight)
-        max_age = self.settings.command_max_age_s
         now = time.monotonic()
         for e in list(self._outbox.values()):
             if room <= 0:
                 return
             if e.mid is not None:
                 continue
-            too_old = max_age is not None and now - e.queued_at > max_age
-            if e.priority is Priority.COMMAND and too_old:
-                log.warning(
-                    "MQTT: dropped %s %s, queued %.0f s ago while the broker was "
-                    "unreachable (older than mqtt.command_max_age_s %g)",
-                    e.topic,
-                    describe_payload(e.payload),
-                    now - e.queued_at,
-                    max_age,
-                )
-                self._remove(e)
+            if self._drop_if_stale_locked(e, now):
                 continue
             try:
                 info = self._client.publish(e.topic, e.payload, self.settings.qos, e.retain)

@@ -85,6 +85,13 @@ def _check_prefix(v: str, name: str) -> str:
     return v
 
 
+class _Hidden:
+    """Stands in for a value that must not appear in an error message."""
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
 class MqttSettings(StrictModel):
     """Where and how Claudio talks MQTT."""
 
@@ -138,6 +145,12 @@ class MqttSettings(StrictModel):
         env = data.get("password_env") if isinstance(data, dict) else None
         if isinstance(env, str) and env and not is_env_name(env):
             data = {**data, "password_env": "<redacted>"}
+        # A number where a name or path belongs is a PIN-like password YAML read unquoted:
+        # it fails as "not a string" without the value (errors echo only plain values).
+        for key in ("password_env", "password_file"):
+            value = data.get(key) if isinstance(data, dict) else None
+            if value is not None and not isinstance(value, str):
+                data = {**data, key: _Hidden()}
         return data
 
     @field_validator("plain_password", mode="before")

@@ -262,6 +262,8 @@ def _message(err: dict[str, Any], shown: list[str | int]) -> str:
         msg = "expected a mapping of settings (key: value lines)"
     elif kind == "dict_type":
         msg = "expected a mapping (name: value lines)"
+    elif kind == "path_type":
+        msg = "expected a file path"
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix) :]

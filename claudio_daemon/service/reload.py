@@ -31,10 +31,10 @@ __all__ = ["FileWatcher", "ReloadResult", "Reloader"]
 T = TypeVar("T")
 
 # (mtime_ns, size, inode, device): cheap to get, and any real edit changes at least one.
-_Signature = tuple[int, int, int, int]
+_Signature = tuple[int, int, int, int, int]
 #: Stand for the content and the signature of a file that exists but cannot be read.
 _UNREADABLE = b"unreadable"
-_OUT_OF_REACH: _Signature = (-1, -1, -1, -1)
+_OUT_OF_REACH: _Signature = (-1, -1, -1, -1, -1)
 
 
 class FileWatcher:
@@ -121,7 +121,8 @@ class FileWatcher:
             # an unreadable file, not a file that vanished.
             log.debug("cannot stat %s: %s", self.path, exc)
             return _OUT_OF_REACH
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+        # ctime: a chmod that makes a rejected edit readable is a change too.
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def _hash(self) -> bytes | None:
         """The content's hash; None when the file is gone, _UNREADABLE when it is there but
