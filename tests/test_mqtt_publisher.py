@@ -317,9 +317,7 @@ def test_two_toggles_waiting_for_the_broker_cancel_out(mosquitto, started, caplo
     assert said == [f"MQTT: two toggles of {LAMP} waited for the broker; they cancel out"]
 
 
-def test_a_toggle_too_old_to_send_does_not_cancel_a_fresh_one(
-    mosquitto, started, caplog
-) -> None:
+def test_a_toggle_too_old_to_send_does_not_cancel_a_fresh_one(mosquitto, started, caplog) -> None:
     """Clapped once, then again minutes later, the broker away all along: the first toggle
     is too old to be sent (command_max_age_s) and the second is what the user wants now.
     They cancelled out, and the lamp did nothing."""
