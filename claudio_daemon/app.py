@@ -50,6 +50,8 @@ MODEL_DIRS = (
 RULES_CANDIDATES = (Path("/etc/claudio/rules.yaml"), Path("rules.yaml"))
 #: Where scripts/install-service.sh keeps the service's LoadCredential= files.
 SERVICE_CREDENTIALS = Path("/etc/claudio/credentials")
+#: The service's environment file (systemd's EnvironmentFile=; a shell never reads it).
+SERVICE_ENV = Path("/etc/claudio/claudio.env")
 
 
 class UserError(Exception):
@@ -516,6 +518,20 @@ def input_devices() -> list[InputDevice]:
 AWAY_CONFIRM_S = 5.0
 
 
+def _password_hint(rules: RulesFile, armed: bool) -> str:
+    """What to do when the CLI cannot get the password the service uses."""
+    if rules.mqtt.password_env:
+        verb = "on" if armed else "off"
+        return (
+            f"the service gets ${rules.mqtt.password_env} from {SERVICE_ENV}, which a shell "
+            f"does not read: sudo sh -c 'set -a; . {SERVICE_ENV}; exec claudio-daemon away "
+            f"{verb}'"
+        )
+    if os.geteuid() != 0:
+        return f"the service's credentials in {SERVICE_CREDENTIALS} need root: run it with sudo"
+    return f"the service's credential is read from {SERVICE_CREDENTIALS}"
+
+
 def send_away(rules_path: Path, armed: bool) -> str:
     """Publish an AWAY command and wait for the running daemon to report the new state;
     returns the topic. UserError when no daemon answered: the broker takes a command
@@ -537,10 +553,8 @@ def send_away(rules_path: Path, armed: bool) -> str:
     try:
         answer = publish_once(rules.mqtt, topics.away_set, state, confirm=confirm)
     except SecretError as exc:
-        raise UserError(
-            f"cannot read the MQTT password: {exc} (the service's credentials in "
-            f"{SERVICE_CREDENTIALS} need root: run it with sudo)"
-        ) from None
+        hint = _password_hint(rules, armed)
+        raise UserError(f"cannot read the MQTT password: {exc} ({hint})") from None
     except (OSError, ValueError, TimeoutError) as exc:
         raise UserError(
             f"could not reach the MQTT broker at {rules.mqtt.host}:{rules.mqtt.port}: {exc}"

@@ -654,8 +654,39 @@ def test_away_from_a_shell_reads_the_services_credential(mosquitto_auth, tmp_pat
     assert "sent to claudio/away/set, but no daemon confirmed it" in sent.stderr
     missing = away(tmp_path / "no-such-folder")
     assert missing.returncode == 2
-    assert "cannot read the MQTT password" in missing.stderr and "sudo" in missing.stderr
+    assert "cannot read the MQTT password" in missing.stderr
+    # Root is not told to use sudo (it already does); anyone else is.
+    hint = "run it with sudo" if os.geteuid() else f"read from {tmp_path / 'no-such-folder'}"
+    assert hint in missing.stderr, missing.stderr
     assert "could not reach" not in missing.stderr
+
+
+def test_away_from_a_shell_with_password_env_says_where_the_variable_is(tmp_path: Path) -> None:
+    """With `password_env` the variable lives in claudio.env, which only systemd reads:
+    `sudo claudio-daemon away on` was told to "run it with sudo", which it did."""
+    rules = write_rules(tmp_path / "rules.yaml")
+    rules.write_text(
+        rules.read_text().replace(
+            "  client_id: claudio-test\n",
+            "  client_id: claudio-test\n  username: u\n  password_env: CLAUDIO_MQTT_PASSWORD\n",
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CLAUDIO_MQTT_PASSWORD"}
+    proc = subprocess.run(
+        daemon_cmd("away", "off", "--rules", str(rules)),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "CLAUDIO_MQTT_PASSWORD" in proc.stderr
+    assert (
+        "from /etc/claudio/claudio.env, which a shell does not read: sudo sh -c 'set -a; "
+        ". /etc/claudio/claudio.env; exec claudio-daemon away off'" in proc.stderr
+    ), proc.stderr
+    assert "run it with sudo" not in proc.stderr
 
 
 def test_replay_of_a_file_broken_half_way_is_one_clear_error(tmp_path: Path) -> None:
