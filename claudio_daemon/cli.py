@@ -148,7 +148,7 @@ def _replay_summary(file: Path, stats: PipelineStats, sample_rate: int) -> str:
         return f"{count} {what}{'' if count == 1 else 's'}"
 
     return (
-        f"{file.name}: {stats.samples / sample_rate:.1f} s of audio, "
+        f"{file.name}: {(stats.samples - stats.flushed) / sample_rate:.1f} s of audio, "
         f"{n(stats.patterns, 'clap pattern')}, {n(stats.sounds, 'sound event')}, "
         f"{n(stats.actions, 'action')}"
     )

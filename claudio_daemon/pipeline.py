@@ -45,6 +45,8 @@ class PipelineStats:
     """Counters for the service status line and the benchmark."""
 
     samples: int = 0
+    #: Silence fed by `finish` after the stream ended (counted in `samples`, never heard).
+    flushed: int = 0
     classifications: int = 0
     patterns: int = 0
     sounds: int = 0
@@ -203,6 +205,18 @@ class Pipeline:
                     out += self._classify()
                 self._active = False
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
+        return out
+
+    def finish(self) -> list[Event]:
+        """The stream ended (a recording's last sample): decide what is still pending as if
+        a quiet room followed. A live stream goes on, so the clap pattern whose end silence
+        a file cut off, or a sound in its last moments, would have been reported live; a
+        replay must report them too. Silence, fed through the same path, decides them."""
+        every = int(round(self.rules.model.classify_every_s * self.sample_rate))
+        every = max(1, min(every, self.cfg.clip_samples // 2))
+        n = max(self.claps.drain_samples(), every + self.gate.window)
+        out = self.process(np.zeros(n, dtype=np.float32))
+        self.stats.flushed += n
         return out
 
     def _process_piece(self, x: np.ndarray) -> list[Event]:

@@ -73,6 +73,21 @@ def test_floor_falls_fast_and_rises_slowly() -> None:
     assert not louder[-1].active
 
 
+def test_a_sound_already_playing_when_the_stream_starts_opens_the_gate() -> None:
+    """The first window is the floor: a sound in it never stood out, so a clip that starts
+    with the sound (or a start-up mid-bark) was never classified."""
+    room = _noise(4.0, -70.0)
+    burst = room.copy()
+    burst[: int(0.3 * RATE)] += _noise(0.3, -20.0, seed=3)
+    readings = ActivityGate(RATE).push(burst)
+    assert readings[0].active and readings[0].noise_floor_db == pytest.approx(-20.0, abs=0.5)
+    # That window and the hangover (a second), then the room's own floor takes over.
+    assert sum(r.active for r in readings) == 11
+    assert not readings[-1].active
+    # A quiet room at the start is no sound: below min_level_db nothing opens.
+    assert not any(r.active for r in ActivityGate(RATE).push(room))
+
+
 def test_min_level_keeps_a_silent_room_closed() -> None:
     gate = ActivityGate(RATE, initial_floor_db=-100.0, min_level_db=-60.0)
     readings = gate.push(_noise(1.0, -75.0))  # 25 dB above the floor, but below -60 dBFS

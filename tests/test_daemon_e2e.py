@@ -709,3 +709,61 @@ def test_replay_of_a_file_broken_half_way_is_one_clear_error(tmp_path: Path) -> 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"{cut}: cannot decode audio" in proc.stderr
+
+
+def test_replay_decides_the_claps_a_recording_ends_on(
+    shared_data: Path, tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """A recording that stops 0.3 s after its last clap: live, the room would have gone on
+    and the pattern been decided by its end silence; the replay ended first and said
+    nothing ("0 clap patterns")."""
+    rng = np.random.default_rng(5)
+    cut = scenes.cut_single_claps([shared_data / "esc50-16k-folds123"])
+    claps = [c for c in cut if scenes.clap_shaped(c)]
+    two = scenes.make_pattern_scene(claps, 2, [0.4], None, 30.0, rng, tail_s=0.3)
+    wav = write_wav(tmp_path / "ends.wav", two.audio)
+    rules = write_rules(tmp_path / "rules.yaml", model=tiny_onnx_model)
+    events = replay(wav, rules, "--no-classifier")
+    assert [e["count"] for e in events if e["type"] == "claps"] == [2]
+    assert [e["appliance"] for e in events if e["type"] == "action"] == ["lamp"]
+    proc = subprocess.run(
+        daemon_cmd("replay", str(wav), "--rules", str(rules), "--no-classifier"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The silence that decided it is not audio the file had.
+    seconds = len(two.audio) / SR
+    assert proc.stdout.splitlines()[-1] == (
+        f"ends.wav: {seconds:.1f} s of audio, 1 clap pattern, 0 sound events, 1 action"
+    )
+
+
+def test_replay_hears_a_sound_at_the_very_start_or_end_of_a_recording(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Glass breaking from the first sample (the level gate took it for the room's floor)
+    or in the last 0.3 s (never classified: the file ended before the next point) gave no
+    classification at all; with a second of quiet room around it, it was reported."""
+    from claudio_daemon import app
+    from claudio_daemon.audio.io import read_audio
+    from claudio_daemon.audio.resample import StreamingResampler
+
+    path = shared_data / "esc50-fold4-dev" / "audio" / "4-204115-A-39.wav"  # glass_breaking
+    glass, rate = read_audio(path)
+    rs = StreamingResampler(rate, SR)
+    glass = np.concatenate([rs.process(glass), rs.flush()])
+    assert np.abs(glass[: SR // 10]).max() > 0.1  # loud from the start
+    room = 0.001 * np.random.default_rng(0).standard_normal(int(1.1 * SR))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("audio: {calibration: null}\n")
+    for name, audio in (
+        ("starts.wav", glass[: 2 * SR]),
+        ("ends.wav", np.concatenate([room, glass[: int(0.3 * SR)]])),
+    ):
+        runner = app.run_replay(
+            write_wav(tmp_path / name, audio), rules_path=rules, model_path=None, json_out=None
+        )
+        assert runner.pipeline.stats.classifications >= 1, name
+        assert runner.pipeline.stats.sounds >= 1, name

@@ -49,7 +49,8 @@ class ActivityGate:
     a sound's tail and the gaps between claps.
 
     Windows are counted from the first sample pushed, so results do not depend on how
-    the audio is chunked. Without `initial_floor_db` the first window's level is the floor.
+    the audio is chunked. Without `initial_floor_db` the first window's level is the floor,
+    and a first window at or above `min_level_db` counts as active.
     """
 
     def __init__(
@@ -118,8 +119,12 @@ class ActivityGate:
         return out
 
     def _judge(self, level: float) -> GateReading:
+        # The first window becomes the floor, yet it may be a sound already playing when
+        # the stream starts (a clip trimmed to the event, start-up mid-bark), not the room:
+        # it opens the gate once, so the classifier hears it and tells the two apart.
+        first = self._floor is None
         floor = level if self._floor is None else self._floor
-        loud = level >= floor + self.open_db_above_floor and level >= self.min_level_db
+        loud = level >= self.min_level_db and (first or level >= floor + self.open_db_above_floor)
         if loud:
             self._hang = self._hang_windows
             active = True

@@ -94,6 +94,15 @@ class ClapListener:
     def noise_floor_db(self) -> float:
         return self.detector.noise_floor_db
 
+    def drain_samples(self) -> int:
+        """How much more audio decides every pattern pending now: the longest wait after a
+        clap (end silence or isolation window), plus the detector's measuring delay (its
+        look-ahead, the high-pass filter's delay and a frame or two of grid)."""
+        s = self.settings
+        wait = max(s.end_silence_s, s.isolation_s) * self.sample_rate
+        delay = self.detector.lookahead + self.detector.delay + 4 * HOP
+        return int(wait) + delay
+
     def push(self, samples: np.ndarray) -> list[ClapPattern]:
         if not self.settings.enabled:
             return []
