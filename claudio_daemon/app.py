@@ -362,7 +362,11 @@ def run_replay(
         raise UserError(str(exc)) from exc
     publisher = None
     if publish:
-        publisher = make_publisher(parts.rules, runner, parts.classifier)
+        # A guest beside the running service: its own client id, no availability, AWAY
+        # state, discovery or commands (see MqttPublisher's `guest`).
+        publisher = MqttPublisher(
+            parts.rules.mqtt, sample_rate=parts.pipeline.sample_rate, guest=True
+        )
         runner.publisher = publisher
         start_publisher(publisher)
     delivered = True

@@ -767,3 +767,50 @@ def test_replay_hears_a_sound_at_the_very_start_or_end_of_a_recording(
         )
         assert runner.pipeline.stats.classifications >= 1, name
         assert runner.pipeline.stats.sounds >= 1, name
+
+
+def test_replay_publish_beside_the_running_service_leaves_it_alone(
+    mosquitto, scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """Trying rules out with `replay --publish` while the service runs: the replay took the
+    service's client id (the broker disconnected the service, again and again), left
+    "offline" retained on its availability topic, re-published AWAY state and discovery
+    from its own rules file. Now it only sends what it heard and did."""
+    from claudio_daemon import app
+    from claudio_daemon.mqtt.publisher import MqttPublisher
+    from claudio_daemon.rules.loader import load_rules
+
+    rules = write_rules(
+        tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model, away="armed: true"
+    )
+    service = MqttPublisher(load_rules(rules).mqtt)  # the running service's connection
+    lost: list[object] = []
+    with Subscriber(mosquitto.host, mosquitto.port, ["#"], client_id="watcher") as sub:
+        service.start()
+        try:
+            assert service.wait_connected(5) and service._client is not None
+            handler = service._client.on_disconnect
+            service._client.on_disconnect = lambda *a: (lost.append(a[3]), handler(*a))
+            service.publish_away_state(False)
+            assert service.flush(5)
+            app.run_replay(
+                scene_files["two_three"],
+                rules_path=rules,
+                model_path=None,
+                json_out=None,
+                publish=True,
+                use_classifier=False,
+            )
+            sub.wait_for(lambda m: any(t == TV for t, *_ in m), 5)
+            time.sleep(0.5)
+            assert lost == [] and service.connected
+        finally:
+            service.stop(timeout=1)
+        got = [(t, p) for t, p, *_ in sub.messages]
+    sent = [p for t, p in got if t in (LAMP, TV)]
+    assert sent == [b"TOGGLE", b'{"state": "TOGGLE"}']
+    assert [p for t, p in got if t == "claudio/claps"] != []  # its events go out too
+    # Availability: the service's online, then its own offline at its stop; nothing else.
+    assert [p for t, p in got if t == "claudio/available"] == [b"online", b"offline"]
+    assert [p for t, p in got if t == "claudio/away/state"] == [b"OFF"]
+    assert not [t for t, _ in got if t.startswith("homeassistant/")]

@@ -295,7 +295,18 @@ class MqttPublisher:
         on_command: CommandHandler | None = None,
         client_factory: ClientFactory | None = None,
         sample_rate: int = 22050,
+        guest: bool = False,
     ) -> None:
+        """`guest`: a short visit beside the running service (`replay --publish`), which
+        only sends what the replay heard and did. It must not act as the service: it uses
+        its own client id (the broker would disconnect the service for sharing one), and
+        says nothing about availability or AWAY state, announces nothing and listens to
+        no command."""
+        if guest:
+            settings = settings.model_copy(
+                update={"client_id": f"{settings.client_id}-replay-{os.getpid()}"}
+            )
+        self.guest = guest
         self.settings = settings
         self.topics = Topics(settings.topic_prefix, settings.discovery.prefix)
         self.sample_rate = sample_rate
@@ -370,7 +381,8 @@ class MqttPublisher:
         client.on_publish = self._handle_publish
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
-        client.will_set(self.topics.available, OFFLINE, qos=s.qos, retain=True)
+        if not self.guest:
+            client.will_set(self.topics.available, OFFLINE, qos=s.qos, retain=True)
         configure_security(client, s)
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self._window)
@@ -420,7 +432,7 @@ class MqttPublisher:
                 log.error("MQTT: stopping with %d undelivered command(s) lost", commands)
             log.warning("MQTT: stopping with %d undelivered message(s)", len(left))
         self._stopping = True
-        if self.connected:
+        if self.connected and not self.guest:
             try:
                 info = client.publish(self.topics.available, OFFLINE, self.settings.qos, True)
                 info.wait_for_publish(max(0.5, deadline - time.monotonic()))
@@ -485,6 +497,8 @@ class MqttPublisher:
 
     def publish_away_state(self, away: bool) -> None:
         """Retained ON/OFF; re-published after every reconnect."""
+        if self.guest:
+            return  # the service's state, not a replay's
         self._away = away
         self._enqueue_away(away)
 
@@ -773,11 +787,12 @@ class MqttPublisher:
         self._connected_at = time.monotonic()
         self._generation += 1
         self._reported_unreachable = False
-        client.publish(self.topics.available, ONLINE, s.qos, retain=True)
-        subs = [(self.topics.away_set, 1)]
-        if s.discovery.enabled:
-            subs.append((self.topics.ha_status, 1))
-        client.subscribe(subs)
+        if not self.guest:
+            client.publish(self.topics.available, ONLINE, s.qos, retain=True)
+            subs = [(self.topics.away_set, 1)]
+            if s.discovery.enabled:
+                subs.append((self.topics.ha_status, 1))
+            client.subscribe(subs)
         self._connect_work = True
         self._connected.set()
         self._wake.set()
