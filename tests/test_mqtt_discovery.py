@@ -218,6 +218,35 @@ def test_configure_discovery_uses_version_and_lists(mosquitto) -> None:
     assert got["homeassistant/event/conf/sound/config"]["event_types"] == ["dog"]
 
 
+def test_only_announced_clap_counts_are_sent_as_events(mosquitto) -> None:
+    """Rules for two and three claps announce claps_2 and claps_3; a stray single clap was
+    still sent as claps_1, which Home Assistant logs as an invalid event type and drops.
+    The pattern stays on <prefix>/event, which is not an HA entity."""
+    from claudio_daemon.events import ClapPattern
+
+    s = MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id="claudio-counts")
+    publisher = MqttPublisher(s)
+    publisher.configure_discovery(clap_counts=[2, 3], sound_labels=[])
+    publisher.start()
+    try:
+        assert publisher.wait_connected(5)
+        with Subscriber(mosquitto.host, mosquitto.port, ["claudio/claps", "claudio/event"]) as sub:
+            for n in (1, 2, 4, 3):
+                publisher.publish_event(ClapPattern(n, tuple(range(n)), 100, -20.0))
+            assert publisher.flush(5)
+            sub.wait_for(lambda m: len(m) >= 6)
+    finally:
+        publisher.stop(timeout=2)
+    types = [json.loads(p)["event_type"] for t, p, _ in sub.messages if t == "claudio/claps"]
+    assert types == ["claps_2", "claps_3"]
+    assert [json.loads(p)["count"] for t, p, _ in sub.messages if t == "claudio/event"] == [
+        1,
+        2,
+        4,
+        3,
+    ]
+
+
 def test_discovery_disabled_publishes_nothing(mosquitto) -> None:
     s = MqttSettings(
         host=mosquitto.host,

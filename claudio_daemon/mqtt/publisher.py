@@ -325,6 +325,8 @@ class MqttPublisher:
         self._closed = False
         self._discovery: list[tuple[str, dict[str, Any]]] = []
         self._away: bool | None = None
+        #: Clap counts announced as HA event types (None: not configured, all are sent).
+        self._clap_counts: frozenset[int] | None = None
         self._warned_retain = False
 
         # Written by paho's thread, read by the sender (single writes: no lock needed).
@@ -479,8 +481,11 @@ class MqttPublisher:
         """Every clap pattern or sound as JSON on <prefix>/event, plus the HA event topics."""
         self._enqueue(self.topics.event, self._event_json(event), Priority.EVENT)
         if isinstance(event, ClapPattern):
-            ha = {"event_type": clap_event_type(event.count), "count": event.count}
-            self._enqueue(self.topics.claps, _json(ha), Priority.EVENT)
+            # Home Assistant rejects (and logs) an event type it was not told of: a single
+            # stray clap with rules for two and three is no event there.
+            if self._clap_counts is None or event.count in self._clap_counts:
+                ha = {"event_type": clap_event_type(event.count), "count": event.count}
+                self._enqueue(self.topics.claps, _json(ha), Priority.EVENT)
         elif isinstance(event, SoundEvent):
             ha = {"event_type": event.label, "score": round(event.score, 4)}
             self._enqueue(self.topics.sound, _json(ha), Priority.EVENT)
@@ -538,7 +543,12 @@ class MqttPublisher:
         device_name: str | None = None,
         sw_version: str | None = None,
     ) -> None:
-        """Build and queue Home Assistant discovery (see discovery.py) for this daemon."""
+        """Build and queue Home Assistant discovery (see discovery.py) for this daemon.
+
+        The clap counts announced are also the only ones sent as events on <prefix>/claps
+        (<prefix>/event carries every pattern).
+        """
+        self._clap_counts = frozenset(clap_counts)
         self.publish_discovery(
             discovery_messages(
                 self.settings,
