@@ -260,12 +260,23 @@ def announce(
     if announced is None:
         return
     before = announced.read()
+    old: list[str] = []
     if isinstance(before, list) and all(isinstance(t, str) for t in before):
         # Only what can have been ours: a damaged file must not clear other retained topics.
-        publisher.withdraw_discovery(t for t in before if t.endswith("/config"))
+        old = [t for t in before if t.endswith("/config")]
+        publisher.withdraw_discovery(old)
     elif before is not None:
         announced.unreadable("not a list of topics")
-    announced.write(publisher.discovery_topics)
+    # The old topics stay on record until the broker has taken their withdrawal
+    # (`settle_announced`): a run that never reaches it leaves them to the next one.
+    now = publisher.discovery_topics
+    announced.write([*(t for t in old if t not in now), *now])
+
+
+def settle_announced(publisher: MqttPublisher, announced: StateFile | None) -> None:
+    """After everything queued reached the broker: only what is announced now is ours."""
+    if announced is not None:
+        announced.write(publisher.discovery_topics)
 
 
 def announced_topics_file() -> StateFile | None:
@@ -483,6 +494,8 @@ def run_service(
         notifier.stopping()
         source.close()
         flushed = publisher.stop()
+        if flushed is not False:
+            settle_announced(publisher, announced)
         restore()
         log.info("stopped%s", "" if flushed is not False else " (some MQTT messages undelivered)")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -814,3 +815,42 @@ def test_replay_publish_beside_the_running_service_leaves_it_alone(
     assert [p for t, p in got if t == "claudio/available"] == [b"online", b"offline"]
     assert [p for t, p in got if t == "claudio/away/state"] == [b"OFF"]
     assert not [t for t, _ in got if t.startswith("homeassistant/")]
+
+
+def test_a_withdrawal_the_broker_never_took_is_sent_again(
+    tiny_onnx_model: Path, tmp_path: Path, mosquitto
+) -> None:
+    """The first run after a client_id change never reached the broker (down at boot, a
+    password fixed later): the record already named only the new topics, so no later run
+    withdrew the old device, a ghost in Home Assistant for good."""
+    from tests.fixtures.broker import _free_port
+
+    rules = write_rules(tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model)
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
+    state = tmp_path / "state"
+    state.mkdir()
+
+    def run_once(client_id: str, port: int) -> None:
+        text = rules.read_text()
+        text = re.sub(r"client_id: \S+", f"client_id: {client_id}", text)
+        rules.write_text(re.sub(r"port: \d+", f"port: {port}", text))
+        subprocess.run(
+            daemon_cmd("run", "--rules", str(rules), "--input", str(wav)),
+            cwd=ROOT,
+            env={**os.environ, "STATE_DIRECTORY": str(state)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    run_once("kitchen", mosquitto.port)
+    run_once("garage", _free_port())  # the broker is out of reach for this whole run
+    assert any("/kitchen/" in t for t in json.loads((state / "discovery.json").read_text()))
+    run_once("garage", mosquitto.port)
+    with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/#"]) as ha:
+        time.sleep(0.5)
+        retained = {t for t, p, kept in ha.messages if p and kept}
+    assert retained and all("/garage/" in t for t in retained), retained
+    # Once delivered, the record holds only what is announced now.
+    assert all("/garage/" in t for t in json.loads((state / "discovery.json").read_text()))
