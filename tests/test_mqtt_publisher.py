@@ -490,6 +490,20 @@ def test_password_from_credentials_file(mosquitto_auth, started, tmp_path, monke
     _assert_delivers(mosquitto_auth, start(started, s))
 
 
+def test_a_password_fixed_in_its_file_is_taken_without_a_restart(
+    mosquitto_auth, started, tmp_path, monkeypatch
+) -> None:
+    """The password was read once at start: fixing a typo in the credential file (or
+    rotating it) was refused on every retry until the service restarted."""
+    pw = tmp_path / "mqtt"
+    pw.write_text("typo-" + mosquitto_auth.password + "\n")
+    s = settings_for(mosquitto_auth, username="claudio", password_file=str(pw))
+    p = start(started, s)
+    assert not p.wait_connected(1.5)
+    pw.write_text(mosquitto_auth.password + "\n")
+    _assert_delivers(mosquitto_auth, p)
+
+
 def test_tls_with_private_ca(mosquitto_tls, started) -> None:
     s = settings_for(mosquitto_tls, tls={"enabled": True, "ca_file": mosquitto_tls.ca_file})
     _assert_delivers(mosquitto_tls, start(started, s))

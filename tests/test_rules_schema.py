@@ -483,6 +483,13 @@ def test_secret_missing_env_names_it(monkeypatch):
         resolve_secret("CLAUDIO_TEST_PW", None)
     with pytest.raises(SecretError, match="not an environment variable name"):
         resolve_secret("hunter2!", None)
+    # A name with lower-case letters may be the password pasted in: it is not shown.
+    monkeypatch.delenv("Sommer2024", raising=False)
+    for file in (None, "/nonexistent/pw"):
+        with pytest.raises(SecretError) as info:
+            resolve_secret("Sommer2024", file)
+        assert "Sommer2024" not in str(info.value)
+        assert "named in password_env" in str(info.value)
 
 
 def test_secret_from_credentials_directory(monkeypatch, tmp_path):

@@ -790,6 +790,7 @@ class MqttPublisher:
                 )
             else:
                 log.debug("MQTT: refused again: %s", reason)
+            self._reread_password(client)
             return
         self._reported_refusal = None
         self._withhold_expired_commands(client)
@@ -828,6 +829,16 @@ class MqttPublisher:
                     client._out_messages.pop(mid, None)
         except AttributeError:
             log.debug("MQTT: this paho cannot withhold %d expired command(s)", len(expired))
+
+    def _reread_password(self, client: mqtt.Client) -> None:
+        """A refused login retries with the password as it is now: a rotated password file
+        (or one fixed after a typo) is taken without a restart."""
+        if not self.settings.username:
+            return
+        try:
+            client.username_pw_set(self.settings.username, self.settings.password())
+        except ValueError as exc:  # SecretError: the file vanished mid-rotation, say
+            log.debug("MQTT: cannot read the password again: %s", exc)
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         if not self._reported_unreachable:

@@ -49,6 +49,18 @@ def check_env_name(name: str) -> str:
     return name
 
 
+def _env_shown(name: str) -> str:
+    """How an unset password_env variable is named in an error: a name with lower-case
+    letters ("Sommer2024") may be the password itself, pasted in, and errors reach the
+    journal; conventional names (CLAUDIO_MQTT_PASSWORD) are shown."""
+    if name.upper() == name:
+        return f"environment variable {name}"
+    return (
+        "the environment variable named in password_env (name not shown: it has lower-case "
+        "letters, as a password would; variable names are written like CLAUDIO_MQTT_PASSWORD)"
+    )
+
+
 def expand_path(path: Path | str) -> Path:
     """Expand `${VAR}`, `$VAR` and `~`; an unset variable is an error, not a literal '$'.
 
@@ -109,11 +121,11 @@ def resolve_secret(env: str | None, file: Path | str | None) -> str | None:
         if value:
             return value
         if file is None:
-            raise SecretError(f"environment variable {env} is not set (or empty)")
+            raise SecretError(f"{_env_shown(env)} is not set (or empty)")
     assert file is not None
     try:
         return read_secret_file(file)
     except SecretError as e:
         if env is not None:
-            raise SecretError(f"environment variable {env} is not set and {e}") from e
+            raise SecretError(f"{_env_shown(env)} is not set and {e}") from e
         raise
