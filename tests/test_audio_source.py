@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from claudio_daemon.audio.source import (
     MicSource,
     list_input_devices,
     open_source,
+    resolve_again,
 )
 from tests.fixtures.pulse import PulseServer
 
@@ -292,6 +294,21 @@ def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_pat
     starts = [b.start_sample for b in blocks]
     assert starts == [i * 1024 for i in range(len(blocks))]  # no gap, no overlap in indices
     assert heard > -12, f"no tone after the reopen (loudest {heard:.1f} dB)"
+
+
+def test_a_device_asked_for_by_index_is_found_again_by_its_name(
+    pulse_server: PulseServer,  # noqa: F811
+) -> None:
+    """`audio.device: 2`: a USB microphone plugged back in comes back under another index,
+    and the old index may now be another device; the reopen looked the index up again."""
+    pulse = MicSource("pulse", RATE).device
+    moved = dataclasses.replace(pulse, index=pulse.index + 50)  # where it was before
+    assert resolve_again(moved.index, moved) == pulse
+    assert resolve_again(str(moved.index), moved) == pulse
+    gone = dataclasses.replace(pulse, name="USB mic that is not back")
+    with pytest.raises(AudioDeviceError, match="not found"):
+        resolve_again(pulse.index + 50, gone)  # not there by name: the index, as asked
+    assert resolve_again("pulse", moved) == pulse  # a name is looked up as a name
 
 
 def test_backoff_grows_until_audio_has_flowed_for_a_while() -> None:

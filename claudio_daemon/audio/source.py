@@ -259,6 +259,17 @@ def resolve_input_device(device: str | int | None) -> InputDevice:
     return matches[0]
 
 
+def resolve_again(spec: str | int | None, last: InputDevice) -> InputDevice:
+    """The device to reopen after it vanished. Asked for by index, it is found again by the
+    name it had: a USB microphone plugged back in often comes back under another PortAudio
+    index, and that index may now be another device. By name (or the default), as asked."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        same = [d for d in list_input_devices() if d.name == last.name]
+        if same:
+            return min(same, key=lambda d: abs(d.index - last.index))
+    return resolve_input_device(spec)
+
+
 class Backoff:
     """How long to wait before the next attempt to reopen the microphone.
 
@@ -442,7 +453,7 @@ class MicSource:
                     return None
             try:
                 refresh_devices()
-                self.device = resolve_input_device(self.device_spec)
+                self.device = resolve_again(self.device_spec, self.device)
                 if self._fixed_rate is None:
                     # A re-plugged (or another) device may run at another rate.
                     self.native_rate = int(round(self.device.default_rate))
