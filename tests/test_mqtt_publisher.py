@@ -293,6 +293,31 @@ def test_an_expired_command_in_flight_is_not_resent_by_paho(mosquitto, started, 
     assert any("dropped cmnd/lamp/POWER" in r.getMessage() for r in caplog.records)
 
 
+def test_a_withheld_expired_command_does_not_hold_back_new_ones(mosquitto, started) -> None:
+    """The expired command paho was told not to re-send was still awaited as if paho would:
+    for resend_grace_s after the reconnect, every new command (a clap just now) waited."""
+    p = start(
+        started,
+        settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2, command_max_age_s=1.0),
+    )
+    p.resend_grace_s = 5.0
+    assert p.wait_connected(5)
+    mosquitto.pause()
+    p.send_action(lamp("STALE"))  # written to the socket, never acknowledged
+    time.sleep(0.2)
+    mosquitto.kill()
+    time.sleep(1.0)
+    mosquitto.start()
+    with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
+        assert p.wait_connected(10)
+        sent = time.monotonic()
+        p.send_action(lamp("NOW"))
+        sub.wait_for(lambda m: m, 5)
+        waited = time.monotonic() - sent
+    assert [x[1] for x in sub.messages] == [b"NOW"]
+    assert waited < 2.5, f"a new command waited {waited:.1f} s behind a withheld one"
+
+
 def test_two_toggles_waiting_for_the_broker_cancel_out(mosquitto, started, caplog) -> None:
     """Clapping the lamp on and off again while the broker is away left it as it was; sent
     together when the broker returned, the two toggles flashed it. An "on" between two

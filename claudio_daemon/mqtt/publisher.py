@@ -676,8 +676,18 @@ class MqttPublisher:
         if not self._connected.is_set() or self._client is None or self._stopping:
             return
         stale = [e for e in self._inflight.values() if e.generation < self._generation]
+        now = time.monotonic()
+        for e in stale:
+            if self._command_expired(e, now):
+                # Withheld from paho at the reconnect (_withhold_expired_commands): no
+                # acknowledgement will come, and waiting for one held everything back.
+                self._inflight.pop(e.mid or -1, None)
+                self._commands_out.pop(e.mid or -1, None)
+                e.mid = None
+                self._drop_if_stale_locked(e, now)
+        stale = [e for e in stale if e.mid is not None]
         if stale:
-            if time.monotonic() - self._connected_at < self.resend_grace_s:
+            if now - self._connected_at < self.resend_grace_s:
                 return  # paho is re-sending them; newer entries must wait to keep order
             log.warning("MQTT: re-sending %d unacknowledged message(s)", len(stale))
             for e in stale:
@@ -686,11 +696,17 @@ class MqttPublisher:
                 e.mid = None
         self._send_ready()
 
+    def _command_expired(self, e: _Entry, now: float) -> bool:
+        max_age = self.settings.command_max_age_s
+        return (
+            e.priority is Priority.COMMAND and max_age is not None and now - e.queued_at > max_age
+        )
+
     def _drop_if_stale_locked(self, e: _Entry, now: float) -> bool:
         """An unsent command older than command_max_age_s leaves the outbox (said)."""
-        max_age = self.settings.command_max_age_s
-        if e.priority is not Priority.COMMAND or max_age is None or now - e.queued_at <= max_age:
+        if not self._command_expired(e, now):
             return False
+        max_age = self.settings.command_max_age_s
         log.warning(
             "MQTT: dropped %s %s, queued %.0f s ago while the broker was "
             "unreachable (older than mqtt.command_max_age_s %g)",
