@@ -172,6 +172,10 @@ def _check_calibration(out: Path, rec: Recording, stdout: str) -> None:
     assert len(found) == 4
     for c, t in zip(found, rec.clap_samples, strict=True):
         assert abs(c.sample - t) < 0.01 * SAMPLE_RATE
+    # How bright the claps are, for anyone setting claps.max_centroid_hz.
+    bright = re.search(r"clap brightness\s+spectral centroid up to (\d+) Hz", stdout)
+    # (Through a sound server the audio is resampled twice: within a few per cent.)
+    assert bright and int(bright[1]) == pytest.approx(max(c.centroid_hz for c in found), rel=0.05)
 
 
 def test_calibrate_from_a_recording(recording: Recording, rules_file: Path, tmp_path: Path) -> None:

@@ -595,3 +595,29 @@ def test_a_chain_of_ever_louder_bursts_is_measured_the_same_whatever_the_chunks(
         _, listener = run_listener(x, fixed(n))
         seen.add(tuple((c.sample, c.centroid_hz, c.high_ratio_db) for c in listener.candidates))
     assert len(seen) == 1 and len(next(iter(seen))) >= 1
+
+
+def test_a_brightness_limit_rejects_a_can_openers_click_not_claps(shared_data) -> None:
+    """claps.max_centroid_hz (off by default): a can opener's metal click is brighter than
+    any clap; with a limit of 5,000 Hz its brightest clicks are no claps, and every real
+    clap cut from ESC-50's clapping recordings still is."""
+    from bench import scenes as sc
+    from claudio_daemon.audio.io import read_audio
+    from claudio_daemon.audio.resample import StreamingResampler
+
+    root = shared_data / "esc50-fold4-dev"
+    audio, rate = read_audio(root / "audio" / "4-188003-A-34.wav")  # can_opening
+    rs = StreamingResampler(rate, SR)
+    can = np.concatenate([rs.process(audio), rs.flush(), np.zeros(SR, np.float32)])
+    limited = ClapSettings(max_centroid_hz=5000.0)
+    before = [c for c in ClapDetector(ClapSettings(), SR).push(can) if c.is_clap]
+    after = [c for c in ClapDetector(limited, SR).push(can) if c.is_clap]
+    assert any(c.centroid_hz > 6000 for c in before)
+    assert after and all(c.centroid_hz < 5300 for c in after)
+    claps = sc.cut_single_claps([shared_data / "esc50-16k-folds123", root])
+    assert len(claps) >= 20
+    for clap in claps:
+        padded = np.concatenate([np.zeros(SR // 2), clap, np.zeros(SR // 2)])
+        free = [c.is_clap for c in ClapDetector(ClapSettings(), SR).push(padded)]
+        capped = [c.is_clap for c in ClapDetector(limited, SR).push(padded)]
+        assert capped == free

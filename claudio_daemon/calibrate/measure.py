@@ -164,6 +164,12 @@ class ClapReport:
         return min(c.score for c in self.claps)
 
     @property
+    def brightest_hz(self) -> float:
+        """The highest spectral centroid among the claps (claps.max_centroid_hz must stay
+        well above it)."""
+        return max(c.centroid_hz for c in self.claps)
+
+    @property
     def gaps_s(self) -> tuple[float, ...]:
         t = [c.sample for c in self.claps]
         return tuple((b - a) / self.sample_rate for a, b in zip(t[:-1], t[1:], strict=True))

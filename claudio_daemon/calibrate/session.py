@@ -306,6 +306,13 @@ def _summary(
         "above the background",
         f"  clap sharpness      rise {claps.rise_ms:.1f} ms, decay {claps.decay_ms:.0f} ms, "
         f"shape score {claps.min_score:.2f} or better",
+        f"  clap brightness     spectral centroid up to {claps.brightest_hz:.0f} Hz"
+        + (
+            f" (claps.max_centroid_hz {settings.max_centroid_hz:.0f}: too close, raise it)"
+            if settings.max_centroid_hz is not None
+            and claps.brightest_hz > 0.8 * settings.max_centroid_hz
+            else ""
+        ),
         "  clap gaps           "
         + (", ".join(f"{g:.2f}" for g in claps.gaps_s) + " s" if claps.gaps_s else "(one clap)"),
         "Proposed clap settings (now -> calibrated)",

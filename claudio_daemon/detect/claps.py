@@ -151,13 +151,15 @@ def shape_score(
     voiced: float = 0.0,
 ) -> float:
     """The weakest soft pass mark: 0.5 means every measure is at worst at its limit."""
-    marks = (
+    marks = [
         _soft(rise_ms, s.max_rise_ms, 2.0, above=False),
         _soft(decay_ms, s.max_decay_ms, 20.0, above=False),
         _soft(centroid_hz, s.min_centroid_hz, 150.0, above=True),
         _soft(high_ratio_db, s.min_high_ratio_db, 3.0, above=True),
         _soft(voiced, s.max_periodicity, 0.03, above=False),
-    )
+    ]
+    if s.max_centroid_hz is not None:
+        marks.append(_soft(centroid_hz, s.max_centroid_hz, 150.0, above=False))
     return float(min(marks))
 
 
