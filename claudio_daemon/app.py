@@ -320,20 +320,24 @@ def reload_applier(
     announced: StateFile | None = None,
 ) -> Callable[[RulesFile], None]:
     """What a reload does with a good file: new rules for the pipeline, Home Assistant
-    told about new clap patterns, and a warning for what needs a restart."""
-    current = rules
+    told about new clap patterns, and a warning for what needs a restart: measured against
+    what runs (the file at start-up), so an edit undone needs none."""
+    running = rules
+    pending: list[str] = []
 
     def apply(new: RulesFile) -> None:
-        nonlocal current
+        nonlocal pending
         pipeline.replace_rules(new)
         announce(publisher, new, classifier, announced)
-        later = restart_needed(current, new)
+        later = restart_needed(running, new)
         if later:
             log.warning(
                 "changes to %s take effect at the next restart (systemctl restart claudio-daemon)",
                 ", ".join(f"{name}:" for name in later),
             )
-        current = new
+        elif pending:
+            log.info("%s as running again: no restart needed", ", ".join(f"{n}:" for n in pending))
+        pending = later
 
     return apply
 

@@ -441,6 +441,12 @@ def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFix
     (hint,) = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
     assert "audio:" in hint and "model:" not in hint
     assert "systemctl restart claudio-daemon)" in hint
+    # Undone: what runs is what the file says again, no restart needed (it warned again).
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    apply(parse_rules(base))
+    assert not [r for r in caplog.records if "next restart" in r.getMessage()]
+    assert "audio: as running again: no restart needed" in caplog.text
 
 
 def test_an_edit_the_service_cannot_read_is_said_once(tmp_path: Path) -> None:
