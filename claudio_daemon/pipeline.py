@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from claudio_daemon.calibrate.model import Calibration, apply_calibration
+from claudio_daemon.calibrate.model import CALIBRATED, Calibration, apply_calibration
 from claudio_daemon.detect.activity import ActivityGate
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
@@ -120,11 +120,17 @@ class Pipeline:
         return self.engine.rules
 
     def _clap_settings(self, settings: ClapSettings) -> ClapSettings:
+        written = settings.model_fields_set & set(CALIBRATED)
         if self.classifier is not None:
             settings = settings.with_defaults(self.classifier.metadata.clap_check)
         if self.calibration is None:
             return settings
-        return apply_calibration(settings, self.calibration)
+        if written:
+            log.info(
+                "calibration: rules.yaml's claps.%s kept over the measured value",
+                ", ".join(f"{k} {getattr(settings, k):g}" for k in sorted(written)),
+            )
+        return apply_calibration(settings, self.calibration, keep=written)
 
     def _set_thresholds(self, rules: RulesFile) -> None:
         """Lowest score at which each label is worth reporting: a rule may ask for less

@@ -174,8 +174,8 @@ def _check_calibration(out: Path, rec: Recording, stdout: str) -> None:
         assert abs(c.sample - t) < 0.01 * SAMPLE_RATE
     # How bright the claps are, for anyone setting claps.max_centroid_hz.
     bright = re.search(r"clap brightness\s+spectral centroid up to (\d+) Hz", stdout)
-    # (Through a sound server the audio is resampled twice: within a few per cent.)
-    assert bright and int(bright[1]) == pytest.approx(max(c.centroid_hz for c in found), rel=0.05)
+    # (Through a sound server the audio is resampled twice and timed anew: near it.)
+    assert bright and int(bright[1]) == pytest.approx(max(c.centroid_hz for c in found), rel=0.15)
 
 
 def test_calibrate_from_a_recording(recording: Recording, rules_file: Path, tmp_path: Path) -> None:
@@ -188,6 +188,36 @@ def test_calibrate_from_a_recording(recording: Recording, rules_file: Path, tmp_
     assert f"wrote {out}" in res.stdout
     assert "audio.calibration to null" in res.stdout  # the rules would not read it: say so
     _check_calibration(out, recording, res.stdout)
+
+
+def test_calibrate_never_overwrites_a_file_that_is_no_calibration(
+    recording: Recording, tmp_path: Path
+) -> None:
+    """`--out` naming rules.yaml (or any other file) replaced it with calibration values:
+    every appliance and trigger gone, and "wrote ..." printed."""
+    rules = tmp_path / "rules.yaml"
+    text = "audio:\n  calibration: null\nappliances:\n  lamp: {preset: tasmota, topic: lamp}\n"
+    rules.write_text(text)
+
+    def calibrate(out: Path) -> subprocess.CompletedProcess[str]:
+        args = ("--input", str(recording.path), "--yes", "--out", str(out))
+        return _cli(*args, "--rules", str(rules))
+
+    res = calibrate(rules)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{rules}: exists and is not a calibration file" in res.stderr
+    assert rules.read_text() == text
+    # An earlier calibration is replaced, as asked.
+    out = tmp_path / "cal.yaml"
+    for _ in range(2):
+        res = _cli(
+            "--input", str(recording.path), "--yes", "--out", str(out), "--rules", str(rules)
+        )
+        assert res.returncode == 0, res.stderr
+    res = _cli(
+        "--input", str(recording.path), "--yes", "--out", str(tmp_path), "--rules", str(rules)
+    )
+    assert res.returncode == 2 and "is a folder" in res.stderr
 
 
 def test_no_claps_exit_1_and_nothing_written(
@@ -257,6 +287,18 @@ def test_proposal_logic_and_warnings() -> None:
     assert p.calibration.min_gap_s == pytest.approx(0.15)
     assert p.calibration.max_gap_s == pytest.approx(0.55)
     assert p.warnings == ("asked for 4 claps but heard 3",)
+    # Claps the measurement heard (its level floor is off) but the daemon would not.
+    quiet = ClapReport(2, SAMPLE_RATE, 5.0, (_cand(0, -50.0), _cand(6615, -48.0)), 0, -30.0)
+    p = propose(
+        NoiseReport(3.0, -80.0, -78.0, -70.0, 8.0, -50.0, 0, 0),
+        quiet,
+        ClapSettings(),
+        device="mic",
+        sample_rate=SAMPLE_RATE,
+    )
+    assert any(
+        "softest clap (-50.0 dBFS) is below claps.min_level_db (-45 dBFS)" in w for w in p.warnings
+    ), p.warnings
     # Claps barely above a loud, clipping background: the background wins, with warnings.
     loud = NoiseReport(3.0, -25.0, -23.0, -20.0, 9.0, 0.0, 2, 1)
     weak = ClapReport(1, SAMPLE_RATE, 5.0, (_cand(0, -15.0),), 0, -3.0)

@@ -46,6 +46,17 @@ def test_gap_too_long_splits_and_too_short_is_ignored() -> None:
     assert [p.count for p in out] == [2]
 
 
+def test_a_clap_exactly_max_gap_after_the_last_joins_it() -> None:
+    """A gap of exactly max_gap_s (the end silence too, by default and after calibration)
+    belongs to the pattern, but the group was decided first at that very sample: a
+    one-clap pattern, and the second clap then taken for clapping that went on."""
+    g = PatternGrouper(ClapSettings(), SR, 3)
+    gap = int(round(ClapSettings().max_gap_s * SR))
+    out = g.push_clap(Clap(SR, -20.0)) + g.push_clap(Clap(SR + gap, -20.0))
+    out += g.advance(SR + gap + 3 * SR)
+    assert [(p.count, p.clap_samples) for p in out] == [(2, (SR, SR + gap))]
+
+
 def test_a_footsteps_heel_and_toe_are_one_sound_not_two_claps() -> None:
     # One step (ESC-50 fold 4, in four bench seeds' false triggers): heel, then toe 0.133 s
     # later, 3 dB softer. Claps that close are faster than anyone claps a command.

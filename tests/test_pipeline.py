@@ -4,6 +4,7 @@ rules and AWAY hear what reaches their own thresholds."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -36,6 +37,29 @@ def test_reload_keeps_a_calibrated_detector() -> None:
     assert pipeline.claps is not listener
     assert pipeline.claps.settings.highpass_hz == 400
     assert pipeline.claps.settings.onset_threshold_db == 12.0
+
+
+def test_what_rules_yaml_sets_under_claps_wins_over_a_calibration(caplog) -> None:
+    """The example rules.yaml invites tuning onset_threshold_db and max_gap_s there; with
+    any calibration file the measured values replaced them, silently."""
+    cal = Calibration(
+        noise_floor_db=-60.0,
+        clap_level_db=-20.0,
+        onset_threshold_db=12.0,
+        min_gap_s=0.2,
+        max_gap_s=0.8,
+        end_silence_s=0.8,
+    )
+    caplog.set_level(logging.INFO, logger="claudio_daemon.pipeline")
+    rules = RULES + "claps: {onset_threshold_db: 25, max_gap_s: 1.5, end_silence_s: 1.5}\n"
+    s = Pipeline(parse_rules(rules), None, calibration=cal).claps.settings
+    assert (s.onset_threshold_db, s.max_gap_s, s.end_silence_s) == (25.0, 1.5, 1.5)
+    assert s.min_gap_s == 0.2  # not written in rules.yaml: the measurement's
+    assert "rules.yaml's claps.end_silence_s 1.5, max_gap_s 1.5, onset_threshold_db 25" in (
+        caplog.text
+    )
+    plain = Pipeline(parse_rules(RULES), None, calibration=cal).claps.settings
+    assert (plain.onset_threshold_db, plain.max_gap_s) == (12.0, 0.8)
 
 
 def _run(

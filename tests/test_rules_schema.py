@@ -555,3 +555,22 @@ def test_device_numbering_the_firmware_would_get_wrong() -> None:
         assert "Gen2+" in line and "preset plain" in line, line
     for gen1 in ("shelly1-AB", "shellyplug-s-7C87", "shellyswitch25-1234"):
         assert parse(BASE + f"  plug:\n    preset: shelly\n    topic: {gen1}\n")
+
+
+def test_relative_model_and_calibration_paths_are_beside_rules_yaml(tmp_path, monkeypatch):
+    """`audio: {calibration: calibration.yaml}` in /etc/claudio/rules.yaml: `calibrate` run
+    from a home folder wrote ~/calibration.yaml, the service (running in /) read
+    /calibration.yaml. Both now mean the file beside rules.yaml."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "rules.yaml"
+    path.write_text("model: {path: models/m.onnx}\naudio: {calibration: cal.yaml}\n")
+    monkeypatch.chdir(tmp_path)
+    rules = load_rules(path)
+    assert rules.model.path == folder / "models" / "m.onnx"
+    assert rules.audio.calibration == folder / "cal.yaml"
+    assert "calibration" in rules.audio.model_fields_set
+    path.write_text("model: {path: /abs/m.onnx}\naudio: {calibration: ~/cal.yaml}\n")
+    rules = load_rules(path)
+    assert rules.model.path == Path("/abs/m.onnx")
+    assert rules.audio.calibration == Path.home() / "cal.yaml"

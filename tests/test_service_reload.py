@@ -443,7 +443,7 @@ def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFix
     assert "systemctl restart claudio-daemon)" in hint
     # Undone: what runs is what the file says again, no restart needed (it warned again).
     caplog.clear()
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="claudio_daemon.app")
     apply(parse_rules(base))
     assert not [r for r in caplog.records if "next restart" in r.getMessage()]
     assert "audio: as running again: no restart needed" in caplog.text

@@ -492,6 +492,14 @@ def propose(
         )
     if claps.count != claps.asked:
         warnings.append(f"asked for {claps.asked} claps but heard {claps.count}")
+    if claps.quietest_db < settings.min_level_db:
+        # Measured with the level floor off; the daemon keeps it (calibration never lowers
+        # what the user allows), so these claps would never count.
+        warnings.append(
+            f"the softest clap ({claps.quietest_db:.1f} dBFS) is below claps.min_level_db "
+            f"({settings.min_level_db:g} dBFS): the daemon would not hear it; raise the "
+            "microphone gain, or set claps.min_level_db lower in rules.yaml"
+        )
 
     gaps = claps.gaps_s
     if gaps:

@@ -9,6 +9,7 @@ measurement is about.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,15 @@ def save_calibration(cal: Calibration, path: str | Path) -> None:
         raise CalibrationError(f"{path}: cannot write calibration file: {exc}") from exc
 
 
-def apply_calibration(settings: ClapSettings, cal: Calibration) -> ClapSettings:
-    """Settings with the calibrated threshold, level floor and gaps.
+#: The clap settings a calibration sets.
+CALIBRATED = ("onset_threshold_db", "min_level_db", "min_gap_s", "max_gap_s", "end_silence_s")
+
+
+def apply_calibration(
+    settings: ClapSettings, cal: Calibration, keep: Collection[str] = ()
+) -> ClapSettings:
+    """Settings with the calibrated threshold, level floor and gaps, except those in
+    `keep`: what the user wrote under `claps:` in rules.yaml wins over a measurement.
 
     The absolute floor is put halfway (in dB) between the measured background and the
     measured clap level, but never above what the settings already ask for minus a margin
@@ -142,12 +150,20 @@ def apply_calibration(settings: ClapSettings, cal: Calibration) -> ClapSettings:
     min_gap = cal.min_gap_s
     max_gap = max(cal.max_gap_s, min_gap + 0.05)
     end_silence = max(cal.end_silence_s, min_gap)
+    calibrated = {
+        "onset_threshold_db": cal.onset_threshold_db,
+        "min_level_db": float(min(0.0, min_level)),
+        "min_gap_s": min_gap,
+        "max_gap_s": max_gap,
+        "end_silence_s": end_silence,
+    }
     data = settings.model_dump()
-    data.update(
-        onset_threshold_db=cal.onset_threshold_db,
-        min_level_db=float(min(0.0, min_level)),
-        min_gap_s=min_gap,
-        max_gap_s=max_gap,
-        end_silence_s=end_silence,
-    )
-    return ClapSettings.model_validate(data)
+    data.update({k: v for k, v in calibrated.items() if k not in keep})
+    try:
+        return ClapSettings.model_validate(data)
+    except ValidationError:
+        # A kept gap that contradicts a calibrated one (min_gap_s above the calibrated
+        # max_gap_s): the gaps are one decision, so the user's win together.
+        for name in ("min_gap_s", "max_gap_s", "end_silence_s"):
+            data[name] = getattr(settings, name)
+        return ClapSettings.model_validate(data)

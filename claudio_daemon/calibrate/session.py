@@ -35,7 +35,13 @@ from claudio_daemon.calibrate.measure import (
     Proposal,
     propose,
 )
-from claudio_daemon.calibrate.model import CalibrationError, apply_calibration, save_calibration
+from claudio_daemon.calibrate.model import (
+    CALIBRATED,
+    CalibrationError,
+    apply_calibration,
+    load_calibration,
+    save_calibration,
+)
 from claudio_daemon.detect.activity import level_db
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.features.frontend import FrontEndConfig
@@ -292,7 +298,8 @@ def _summary(
     where: str,
 ) -> str:
     cal = proposal.calibration
-    after = apply_calibration(settings, cal)
+    kept = settings.model_fields_set & set(CALIBRATED)
+    after = apply_calibration(settings, cal, keep=kept)
     lines = [
         "Measured",
         f"  input               {where}",
@@ -319,9 +326,27 @@ def _summary(
     ]
     for name in ("onset_threshold_db", "min_level_db", "min_gap_s", "max_gap_s", "end_silence_s"):
         old, new = getattr(settings, name), getattr(after, name)
-        lines.append(f"  {name:<19} {old:6.2f} -> {new:6.2f}")
+        why = " (rules.yaml sets it: kept)" if name in kept else ""
+        lines.append(f"  {name:<19} {old:6.2f} -> {new:6.2f}{why}")
     lines += [f"  - {note}" for note in proposal.notes]
     return "\n".join(lines)
+
+
+def _check_target(target: Path) -> None:
+    """Before anything is measured: the file to write is new or an earlier calibration.
+    `--out /etc/claudio/rules.yaml` replaced the user's rules with calibration values."""
+    if target.is_dir():
+        raise CalibrationFailed(f"{target}: is a folder; --out names the calibration file", 2)
+    if not target.exists():
+        return
+    try:
+        load_calibration(target)
+    except CalibrationError:
+        raise CalibrationFailed(
+            f"{target}: exists and is not a calibration file (your rules.yaml?); not "
+            "overwritten: name another file with --out, or remove it first",
+            2,
+        ) from None
 
 
 def _no_claps_message(claps: ClapReport, noise: NoiseReport, seconds: float) -> str:
@@ -372,6 +397,7 @@ def run_calibration(
     rules = _load_rules(opts.rules)
     settings = rules.claps if rules is not None else ClapSettings()
     target = opts.out or daemon_reads(rules) or default_calibration_path()
+    _check_target(Path(target))
     sr = FrontEndConfig().sample_rate
 
     source: FileSource | MicSource

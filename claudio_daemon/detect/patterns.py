@@ -154,7 +154,9 @@ class PatternGrouper:
         return None
 
     def push_clap(self, clap: Clap) -> list[ClapPattern]:
-        out = self.advance(clap.sample)
+        # What was decided before this clap: a group whose deadline is this very sample
+        # (a gap of exactly max_gap, which is also the end silence) still takes it.
+        out = self.advance(clap.sample - 1)
         span = self.settings.level_range_db
         if self._applause_last is not None:
             if clap.level_db < self._applause_level - span:

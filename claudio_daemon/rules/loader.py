@@ -364,11 +364,25 @@ def load_rules(path: str | Path) -> RulesFile:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RulesError(path, [Problem(None, "", f"not UTF-8 text ({exc.reason})")]) from None
-    rules = parse_rules(text, path)
+    rules = _paths_beside(parse_rules(text, path), Path(path).absolute().parent)
     log.debug(
         "loaded %s: %d appliances, %d triggers", path, len(rules.appliances), len(rules.triggers)
     )
     return rules
+
+
+def _paths_beside(rules: RulesFile, folder: Path) -> RulesFile:
+    """Relative `model.path` and `audio.calibration` are read beside rules.yaml, wherever
+    the daemon was started from: the service runs in /, `calibrate` in a user's home, and
+    both must mean the same file."""
+    model, audio = rules.model, rules.audio
+    if model.path is not None and not model.path.is_absolute():
+        model = model.model_copy(update={"path": folder / model.path})
+    if audio.calibration is not None and not audio.calibration.is_absolute():
+        audio = audio.model_copy(update={"calibration": folder / audio.calibration})
+    if model is rules.model and audio is rules.audio:
+        return rules
+    return rules.model_copy(update={"model": model, "audio": audio})
 
 
 def check_labels(rules: RulesFile, labels: Sequence[str]) -> list[Problem]:

@@ -97,8 +97,9 @@ class ModelSettings(StrictModel):
 
     path: Path | None = Field(
         None,
-        description="ONNX model file; unset means the model shipped with Claudio. The file "
-        "carries its own labels and front-end settings in its metadata.",
+        description="ONNX model file (a relative path is beside rules.yaml); unset means the "
+        "model shipped with Claudio. The file carries its own labels and front-end settings "
+        "in its metadata.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where onnxruntime runs: auto picks CUDA if available, else CPU."
@@ -131,7 +132,8 @@ class AudioSettings(StrictModel):
     block_size: int = Field(1024, ge=64, le=65536, description="Samples per read from the device.")
     calibration: Path | None = Field(
         default_factory=default_calibration_path,
-        description="Calibration file written by `claudio-daemon calibrate`; default "
+        description="Calibration file written by `claudio-daemon calibrate` (a relative path "
+        "is beside rules.yaml); default "
         "$STATE_DIRECTORY/calibration.yaml (systemd) or ~/.local/state/claudio/calibration.yaml. "
         "null: do not use one. A missing file is not an error: built-in defaults apply.",
     )
