@@ -36,6 +36,29 @@ def test_round_trip(tmp_path, name) -> None:
     assert load_calibration(path) == cal
 
 
+def test_saving_follows_a_link_and_leaves_no_temporary_file(tmp_path) -> None:
+    """A calibration.yaml linked to the service's folder became a plain file beside the
+    link; a failed write left `<name>.tmp` behind."""
+    real = tmp_path / "state" / "calibration.yaml"
+    save_calibration(make(), real)
+    link = tmp_path / "calibration.yaml"
+    link.symlink_to(real)
+    changed = make().model_copy(update={"onset_threshold_db": 14.0})
+    save_calibration(changed, link)
+    assert link.is_symlink() and load_calibration(real) == changed
+    assert oct(real.stat().st_mode & 0o777) == "0o644"  # the service's user reads it
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    with pytest.raises(CalibrationError, match="cannot write"):
+        save_calibration(make(), folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "calibration.yaml",
+        "folder.yaml",
+        "state",
+    ]
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["calibration.yaml"]
+
+
 def test_bad_files_name_file_line_and_field(tmp_path) -> None:
     bad = tmp_path / "cal.yaml"
     bad.write_text("noise_floor_db: -60\nclap_level_db: [\n")

@@ -9,6 +9,8 @@ measurement is about.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,13 +123,24 @@ def save_calibration(cal: Calibration, path: str | Path) -> None:
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     else:
         text = yaml.safe_dump(data, sort_keys=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # A link (say into /var/lib/claudio) is followed: the file it names is replaced, the
+    # link stays. The temporary file is unique and never left behind.
+    real = path.resolve() if path.is_symlink() else path
+    tmp: Path | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the service's user
+        tmp.replace(real)
+        tmp = None
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot write calibration file: {exc}") from exc
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 #: The clap settings a calibration sets.
