@@ -305,6 +305,10 @@ def test_proposal_logic_and_warnings() -> None:
     p = propose(loud, weak, ClapSettings(), device="mic", sample_rate=SAMPLE_RATE)
     assert p.calibration.onset_threshold_db == pytest.approx(11.0)  # 9 + 2, above 10 - 6
     assert (p.calibration.min_gap_s, p.calibration.max_gap_s) == (0.15, 0.9)  # kept
+    # ...and so is the end silence (it was reset to max_gap_s).
+    slow = ClapSettings(end_silence_s=1.5)
+    p1 = propose(loud, weak, slow, device="mic", sample_rate=SAMPLE_RATE)
+    assert p1.calibration.end_silence_s == 1.5
     text = " ".join(p.warnings)
     for part in ("too noisy", "loud", "clipped", "clap-like"):
         assert part in text

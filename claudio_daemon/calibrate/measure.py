@@ -516,10 +516,11 @@ def propose(
                 f"claps up to {longest:.1f} s apart: clap at a steady pace, about half a "
                 "second apart, or patterns will be slow to finish"
             )
+        end_silence = max(max_gap, min_gap)
     else:
         min_gap, max_gap = settings.min_gap_s, settings.max_gap_s
+        end_silence = settings.end_silence_s
         notes.append("only one clap: kept the configured gaps")
-    end_silence = max(max_gap, min_gap)
     cal = Calibration(
         device=device[:300],
         sample_rate=sample_rate,
