@@ -69,6 +69,13 @@ def scene_files(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
     }
 
 
+def daemon(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:  # noqa: ANN003
+    """claudio-daemon ARGS in the repository, output captured as text."""
+    return subprocess.run(
+        daemon_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
 def replay(file: Path, rules: Path, *extra: str) -> list[dict]:
     proc = subprocess.run(
         daemon_cmd("replay", str(file), "--rules", str(rules), "--json", *extra),
@@ -388,13 +395,13 @@ def test_a_new_node_id_withdraws_the_old_home_assistant_device(
     state.mkdir()
 
     def run_once() -> None:
-        proc = subprocess.run(
-            daemon_cmd("run", "--rules", str(rules), "--input", str(wav)),
-            cwd=ROOT,
-            env={**os.environ, "STATE_DIRECTORY": str(state)},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        proc = daemon(
+            "run",
+            "--rules",
+            str(rules),
+            "--input",
+            str(wav),
+            env=os.environ | {"STATE_DIRECTORY": str(state)},
         )
         assert proc.returncode == 0, proc.stderr
 
@@ -700,13 +707,7 @@ def test_replay_of_a_file_broken_half_way_is_one_clear_error(tmp_path: Path) -> 
     cut = tmp_path / "cut.flac"
     cut.write_bytes(data[: len(data) // 2])
     rules = write_rules(tmp_path / "rules.yaml")
-    proc = subprocess.run(
-        daemon_cmd("replay", str(cut), "--rules", str(rules), "--no-classifier"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = daemon("replay", str(cut), "--rules", str(rules), "--no-classifier")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"{cut}: cannot decode audio" in proc.stderr
@@ -727,13 +728,7 @@ def test_replay_decides_the_claps_a_recording_ends_on(
     events = replay(wav, rules, "--no-classifier")
     assert [e["count"] for e in events if e["type"] == "claps"] == [2]
     assert [e["appliance"] for e in events if e["type"] == "action"] == ["lamp"]
-    proc = subprocess.run(
-        daemon_cmd("replay", str(wav), "--rules", str(rules), "--no-classifier"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = daemon("replay", str(wav), "--rules", str(rules), "--no-classifier")
     # The silence that decided it is not audio the file had.
     seconds = len(two.audio) / SR
     assert proc.stdout.splitlines()[-1] == (
@@ -834,15 +829,8 @@ def test_a_withdrawal_the_broker_never_took_is_sent_again(
         text = rules.read_text()
         text = re.sub(r"client_id: \S+", f"client_id: {client_id}", text)
         rules.write_text(re.sub(r"port: \d+", f"port: {port}", text))
-        subprocess.run(
-            daemon_cmd("run", "--rules", str(rules), "--input", str(wav)),
-            cwd=ROOT,
-            env={**os.environ, "STATE_DIRECTORY": str(state)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        env = os.environ | {"STATE_DIRECTORY": str(state)}
+        daemon("run", "--rules", str(rules), "--input", str(wav), env=env, check=True)
 
     run_once("kitchen", mosquitto.port)
     run_once("garage", _free_port())  # the broker is out of reach for this whole run

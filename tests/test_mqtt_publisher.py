@@ -250,11 +250,7 @@ def test_commands_too_old_to_mean_anything_are_dropped_not_sent_late(
     caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="late") as sub:
         p = start(started, settings_for(mosquitto, command_max_age_s=1.0))
-        assert p.wait_connected(5)
-        mosquitto.stop()
-        deadline = time.monotonic() + 5
-        while p.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _broker_gone(p, mosquitto)
         p.send_action(lamp("OLD"))
         time.sleep(1.5)
         p.send_action(lamp("FRESH"))
@@ -267,24 +263,40 @@ def test_commands_too_old_to_mean_anything_are_dropped_not_sent_late(
     assert len(dropped) == 1 and LAMP in dropped[0] and "command_max_age_s" in dropped[0]
 
 
+def _broker_gone(p: MqttPublisher, broker) -> None:  # noqa: ANN001
+    """A connected publisher, then the broker stopped and the loss noticed."""
+    assert p.wait_connected(5)
+    broker.stop()
+    deadline = time.monotonic() + 5
+    while p.connected and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _stale_command_in_flight(broker, started, resend_grace_s: float) -> MqttPublisher:  # noqa: ANN001
+    """A toggle written to the socket of a hung broker, never acknowledged, older than
+    command_max_age_s by the time the broker is killed and started again."""
+    p = start(
+        started,
+        settings_for(broker, reconnect_min_s=1.5, reconnect_max_s=2, command_max_age_s=1.0),
+    )
+    p.resend_grace_s = resend_grace_s
+    assert p.wait_connected(5)
+    broker.pause()
+    p.send_action(lamp("STALE"))
+    time.sleep(0.2)
+    assert p.pending == 1
+    broker.kill()
+    time.sleep(1.0)
+    broker.start()
+    return p
+
+
 def test_an_expired_command_in_flight_is_not_resent_by_paho(mosquitto, started, caplog) -> None:
     """A toggle handed over just before the broker hung and died (never acknowledged):
     paho re-sends what it had in flight on reconnecting, so the lamp switched whenever
     the broker came back, however old the command."""
     caplog.set_level(logging.WARNING, logger="claudio_daemon.mqtt.publisher")
-    p = start(
-        started,
-        settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2, command_max_age_s=1.0),
-    )
-    p.resend_grace_s = 0.3
-    assert p.wait_connected(5)
-    mosquitto.pause()
-    p.send_action(lamp("STALE"))  # written to the socket, never acknowledged
-    time.sleep(0.2)
-    assert p.pending == 1
-    mosquitto.kill()
-    time.sleep(1.0)
-    mosquitto.start()
+    p = _stale_command_in_flight(mosquitto, started, resend_grace_s=0.3)
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
         assert p.wait_connected(10)
         assert p.flush(10)
@@ -296,18 +308,7 @@ def test_an_expired_command_in_flight_is_not_resent_by_paho(mosquitto, started, 
 def test_a_withheld_expired_command_does_not_hold_back_new_ones(mosquitto, started) -> None:
     """The expired command paho was told not to re-send was still awaited as if paho would:
     for resend_grace_s after the reconnect, every new command (a clap just now) waited."""
-    p = start(
-        started,
-        settings_for(mosquitto, reconnect_min_s=1.5, reconnect_max_s=2, command_max_age_s=1.0),
-    )
-    p.resend_grace_s = 5.0
-    assert p.wait_connected(5)
-    mosquitto.pause()
-    p.send_action(lamp("STALE"))  # written to the socket, never acknowledged
-    time.sleep(0.2)
-    mosquitto.kill()
-    time.sleep(1.0)
-    mosquitto.start()
+    p = _stale_command_in_flight(mosquitto, started, resend_grace_s=5.0)
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP]) as sub:
         assert p.wait_connected(10)
         sent = time.monotonic()
@@ -325,11 +326,7 @@ def test_two_toggles_waiting_for_the_broker_cancel_out(mosquitto, started, caplo
     caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="toggles") as sub:
         p = start(started, settings_for(mosquitto))
-        assert p.wait_connected(5)
-        mosquitto.stop()
-        deadline = time.monotonic() + 5
-        while p.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _broker_gone(p, mosquitto)
         for action in (lamp(), lamp(), Action("lamp", "on", LAMP, "ON", 0, "claps:3"), lamp()):
             p.send_action(action)
         assert p.pending == 2
@@ -349,11 +346,7 @@ def test_a_toggle_too_old_to_send_does_not_cancel_a_fresh_one(mosquitto, started
     caplog.set_level(logging.INFO, logger="claudio_daemon.mqtt.publisher")
     with Subscriber(mosquitto.host, mosquitto.port, [LAMP], client_id="late") as sub:
         p = start(started, settings_for(mosquitto, command_max_age_s=1.0))
-        assert p.wait_connected(5)
-        mosquitto.stop()
-        deadline = time.monotonic() + 5
-        while p.connected and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _broker_gone(p, mosquitto)
         p.send_action(lamp())
         time.sleep(1.2)
         p.send_action(lamp())

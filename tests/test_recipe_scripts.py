@@ -153,10 +153,10 @@ def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> 
     assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
-def test_a_gpu_lease_trains_from_the_packed_caches_alone(
-    work: Path, data: Path, tmp_path: Path
-) -> None:
-    lease, there, out = tmp_path / "lease", tmp_path / "there", tmp_path / "out"
+@pytest.fixture(scope="module")
+def lease(work: Path, data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What travels to a GPU machine: the packed caches of the crossval run above."""
+    lease = tmp_path_factory.mktemp("lease")
     res = _script(
         "gpu_lease.sh",
         "prepare",
@@ -168,6 +168,13 @@ def test_a_gpu_lease_trains_from_the_packed_caches_alone(
         data=data,
     )
     assert res.returncode == 0, res.stderr[-4000:]
+    return lease
+
+
+def test_a_gpu_lease_trains_from_the_packed_caches_alone(
+    work: Path, lease: Path, tmp_path: Path
+) -> None:
+    there, out = tmp_path / "there", tmp_path / "out"
     assert (lease / "esc50.pack").is_file()
     # There: no recordings, only the pack; PYTHON names the interpreter (python3 by default).
     res = _script(
@@ -214,22 +221,11 @@ def test_a_gpu_lease_trains_from_the_packed_caches_alone(
 
 
 def test_a_step2_variant_reuses_the_base_and_returns_scores_only(
-    work: Path, data: Path, tmp_path: Path
+    lease: Path, data: Path, tmp_path: Path
 ) -> None:
     """A variant (VARIANT, STEP2_ARGS) trains step 2 again on the base already there and
     scores it beside the recipe's, so variants of four folds fit in one call's 8 files."""
-    lease, there, out = tmp_path / "lease", tmp_path / "there", tmp_path / "out"
-    res = _script(
-        "gpu_lease.sh",
-        "prepare",
-        "--work",
-        str(work),
-        "--lease",
-        str(lease),
-        "--no-wheels",
-        data=data,
-    )
-    assert res.returncode == 0, res.stderr[-4000:]
+    there, out = tmp_path / "there", tmp_path / "out"
     common = ("--work", str(there), "--lease", str(lease), "--out", str(out), "--scores-only")
     py = str(ROOT / ".venv" / "bin" / "python")
     res = _script("gpu_lease.sh", "train", *common, "3", data=tmp_path / "none", PYTHON=py)
