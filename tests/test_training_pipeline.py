@@ -521,3 +521,53 @@ def test_evaluate_top1_is_among_all_the_models_classes(shared_data: Path, tmp_pa
     assert m["top1_outside_data_labels"] == 3
     esc = evaluate(model, fold4).metrics
     assert esc["n_labels"] == 50 and "top1_outside_data_labels" not in esc
+
+
+def _ensure_stats_rank(rank: int, store: str, dirs: list[str], result: str) -> None:
+    """One rank of a real two-process (gloo) group calling fit._ensure_stats."""
+    import torch.distributed as torch_dist
+
+    from training.device import DistInfo
+    from training.fit import _ensure_stats
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        cache = Path(dirs[rank])
+        train = Cache.open(cache).indices_for_folds(["1", "2"])
+        done = _ensure_stats(cache, train, ("1", "2"), DistInfo(2, rank, rank))
+        Path(result).joinpath(str(rank)).write_text(str(done))
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_word_on_missing_statistics(
+    cache_dir: Path, tmp_path: Path
+) -> None:
+    """Under torchrun each rank looked for stats.json itself: one that found the file rank 0
+    had just written skipped the barrier rank 0 waited at (a hang) and trained on the
+    un-normalised cache. Here rank 1 sees a file that rank 0 does not (the race, made
+    certain), in a real two-process gloo group."""
+    import multiprocessing
+
+    rank0 = tmp_path / "rank0"
+    shutil.copytree(cache_dir, rank0)
+    (rank0 / "stats.json").unlink()
+    ctx = multiprocessing.get_context("spawn")
+    dirs = [str(rank0), str(cache_dir)]
+    procs = [
+        ctx.Process(
+            target=_ensure_stats_rank, args=(r, str(tmp_path / "store"), dirs, str(tmp_path))
+        )
+        for r in (0, 1)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    hung = [p.is_alive() for p in procs]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert hung == [False, False], "a rank waited at a barrier the other skipped"
+    assert [(tmp_path / r).read_text() for r in ("0", "1")] == ["True", "True"]
+    assert (rank0 / "stats.json").is_file()

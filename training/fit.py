@@ -814,8 +814,18 @@ def _ensure_stats(
     cache_dir: Path, train_idx: np.ndarray, train_folds: Sequence[str], dist: DistInfo
 ) -> bool:
     """Normalisation statistics must come from training clips only; compute them if the
-    cache has none yet (rank 0 writes, the others wait). True when they were computed."""
-    if (cache_dir / "stats.json").is_file():
+    cache has none yet (rank 0 writes, the others wait). True when they were computed.
+
+    Under torchrun rank 0 alone looks for the file and tells the others: each looking for
+    itself, a rank that found the file rank 0 had just written skipped the barrier rank 0
+    waited at, and trained on un-normalised values.
+    """
+    missing = not (cache_dir / "stats.json").is_file()
+    if dist.enabled:
+        flag = [missing]
+        torch.distributed.broadcast_object_list(flag, src=0)
+        missing = bool(flag[0])
+    if not missing:
         return False
     from training.stats import compute_stats
 

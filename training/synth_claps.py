@@ -4,8 +4,12 @@ Why: ESC-50's `clapping` recordings are mostly applause, so a model trained on t
 two or three isolated claps footsteps, a dog or a can opening, and the daemon's clap veto
 then rejects real commands. These clips teach it the isolated pattern: 1-4 real claps
 (cut from the `clapping` recordings) at command-like gaps over a real background, spanning
-0.3 s before the first clap to 0.3 s after the last one, exactly the segment
-`classify_audio` receives (training repeat-pads it to the 5.94 s window the same way).
+0.3 s before the first clap to the end of the last one's 0.22 s cut plus 0.3 s (training
+repeat-pads it to the 5.94 s window, as the daemon does). That is 0.22 s longer than the
+segment `classify_audio` receives (0.3 s after the last clap's onset, `listener.segment`),
+so the repeat period differs from the daemon's by that much, while the mined hard
+negatives have the daemon's exact cut. The shipped model was trained on these clips; a clip
+the daemon's length is a recipe change to measure on held-out folds first (models/README.md).
 
 Cross-validation stays honest: every synthetic clip takes its claps and its background
 from one fold and is listed under that fold. A seed fixes everything; each fold draws
