@@ -6,7 +6,8 @@
 # and the credential file are never overwritten once they exist.
 #
 #   user      claudio (system user, member of audio), via systemd-sysusers when available
-#   code      /opt/claudio/.venv (pip install of this checkout), docs in /opt/claudio/docs
+#   code      /opt/claudio/.venv (pip install of this checkout), the model in
+#             /opt/claudio/models, the command linked as /usr/local/bin/claudio-daemon
 #   config    /etc/claudio/rules.yaml (from the example), /etc/claudio/claudio.env (0600)
 #   secret    /etc/claudio/credentials/mqtt-password (0600, empty until you fill it in)
 #   unit      /etc/systemd/system/claudio-daemon.service, enabled and (re)started
@@ -21,7 +22,7 @@ unit_name=claudio-daemon.service
 rules_example=""
 start=1
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 die() { echo "install-service: $*" >&2; exit 1; }
 say() { echo "install-service: $*"; }
 
@@ -38,6 +39,22 @@ case "$prefix" in /*) ;; *) die "--prefix must be an absolute path, got '$prefix
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (sudo $0)"
 command -v systemctl >/dev/null || die "systemctl not found: this script needs systemd"
+case "$(uname -m)" in
+  armv6l | armv7l) die "a 32-bit system ($(uname -m)): onnxruntime, the sound model's runtime, has no build for it; use a 64-bit OS (Raspberry Pi OS 64-bit)" ;;
+esac
+# What the daemon needs from the system: PortAudio for the microphone (sounddevice does not
+# bundle it on Linux), libsndfile for recordings, and a Python that can make a venv.
+if command -v apt-get >/dev/null; then
+  missing=""
+  for p in python3 python3-venv libportaudio2 libsndfile1; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    say "installing Debian packages:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+  fi
+fi
 command -v python3 >/dev/null || die "python3 not found (apt-get install python3 python3-venv)"
 
 # --- system user -----------------------------------------------------------------------
@@ -54,8 +71,9 @@ fi
 say "user claudio: $(id claudio)"
 
 # --- code ------------------------------------------------------------------------------
-install -d -m 0755 "$prefix" "$prefix/docs"
-[ -x "$prefix/.venv/bin/python" ] || python3 -m venv "$prefix/.venv"
+install -d -m 0755 "$prefix"
+. "$src/scripts/venv.sh"
+ensure_venv "$prefix/.venv"
 # Build from a clean copy so root never leaves build/ or *.egg-info in the user's checkout.
 build="$(mktemp -d)"
 trap 'rm -rf "$build"' EXIT
@@ -70,6 +88,16 @@ install -m 0644 "$src/README.md" "$prefix/README.md"
 install -d -m 0755 "$prefix/models"
 for m in "$src"/models/*.onnx; do [ -f "$m" ] && install -m 0644 "$m" "$prefix/models/"; done
 say "installed $("$prefix/.venv/bin/python" -m pip show claudio | sed -n 's/^Version: /claudio /p') in $prefix/.venv"
+# On root's PATH (sudo's secure_path has /usr/local/bin): `sudo claudio-daemon calibrate`,
+# `sudo claudio-daemon away on`. A command of that name from elsewhere is left alone.
+link=/usr/local/bin/claudio-daemon
+linked=$(readlink "$link" 2>/dev/null || true)
+if { [ ! -e "$link" ] && [ ! -L "$link" ]; } || [[ $linked == */.venv/bin/claudio-daemon ]]; then
+  ln -sfn "$prefix/.venv/bin/claudio-daemon" "$link"
+  say "linked $link"
+else
+  say "WARNING: $link exists and is not ours; run $prefix/.venv/bin/claudio-daemon"
+fi
 
 # --- configuration ---------------------------------------------------------------------
 # Readable by the service's group, writable by root only: the daemon never edits its config.

@@ -7,17 +7,29 @@ cd "$(dirname "$0")/.."
 train=0
 [ "${1:-}" = "--train" ] && train=1
 
-pkgs="mosquitto mosquitto-clients pulseaudio pulseaudio-utils libportaudio2 libsndfile1 systemd"
+# The daemon and the quick start's broker; the tests also want a PulseAudio server (a virtual
+# microphone) and systemd's tools. On a desktop whose sound is PipeWire, pulseaudio would
+# replace pipewire-audio (they conflict) and take GNOME's metapackage with it: never there.
+pkgs="python3 python3-venv mosquitto mosquitto-clients libportaudio2 libsndfile1"
+if [ "$train" = 1 ]; then
+  pkgs="$pkgs systemd"
+  if dpkg -s pipewire-audio >/dev/null 2>&1 || dpkg -s pipewire-pulse >/dev/null 2>&1; then
+    echo "setup: PipeWire handles sound here: not installing pulseaudio (its tests are skipped)"
+  else
+    pkgs="$pkgs pulseaudio pulseaudio-utils"
+  fi
+fi
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+. scripts/venv.sh
+ensure_venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$train" = 1 ]; then
   .venv/bin/python -m pip install -q -e '.[train,dev]'

@@ -72,6 +72,10 @@ def test_unit_service_type_and_lifecycle(unit: dict[str, dict[str, list[str]]]) 
         "DynamicUser": "no",
         "StateDirectory": "claudio",
         "ConfigurationDirectory": "claudio",
+        # As install-service.sh makes /etc/claudio, or systemd warns at every start.
+        "ConfigurationDirectoryMode": "0750",
+        # A mistake to fix: no restarts that would lock the unit out after the fix.
+        "RestartPreventExitStatus": "2",
         "EnvironmentFile": "-/etc/claudio/claudio.env",
     }
     for key, value in expected.items():
@@ -397,3 +401,32 @@ def test_daemon_dependencies_run_under_system_service_filter(tmp_path: Path) -> 
     assert "ort (1, 5)" in out and "soxr (16000,)" in out and "portaudio True True" in out
     if port:
         assert "mqtt True" in out
+
+
+def test_a_venv_without_pip_or_from_an_older_python_is_made_again(tmp_path: Path) -> None:
+    """Made before python3-venv was installed, a venv has a python but no pip, and
+    `[ -x .venv/bin/python ]` kept it for good; after a Debian release upgrade its packages
+    belong to the old Python. scripts/venv.sh makes such a venv again, and keeps a good one."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+
+    def ensure() -> subprocess.CompletedProcess[str]:
+        script = f". {ROOT / 'scripts' / 'venv.sh'} && ensure_venv {venv}"
+        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this one
+        return subprocess.run(
+            ["bash", "-c", script],
+            env=os.environ | {"PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    first = ensure()
+    assert first.returncode == 0, first.stderr
+    assert "making" in first.stdout
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], check=False)
+    assert pip.returncode == 0
+    cfg = (venv / "pyvenv.cfg").stat().st_mtime_ns
+    again = ensure()
+    assert again.returncode == 0 and again.stdout == ""
+    assert (venv / "pyvenv.cfg").stat().st_mtime_ns == cfg

@@ -31,8 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+
+try:
+    import click
+except ModuleNotFoundError:  # a daemon-only install (no train extra)
+    sys.exit(
+        "claudio-train: the training tools need the train extra: "
+        "pip install '.[train]' (or scripts/setup.sh --train)"
+    )
 
 # Light (json and dataclasses only): the option help names what a model may carry.
 from claudio_daemon.model.metadata import CLAP_CHECK_KEYS
