@@ -382,6 +382,7 @@ def run_replay(
         publisher = MqttPublisher(
             parts.rules.mqtt, sample_rate=parts.pipeline.sample_rate, guest=True
         )
+        announce(publisher, parts.rules, parts.classifier)  # the clap counts HA knows
         runner.publisher = publisher
         start_publisher(publisher)
     delivered = True

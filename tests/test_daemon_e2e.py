@@ -810,6 +810,7 @@ def test_replay_publish_beside_the_running_service_leaves_it_alone(
     assert [p for t, p in got if t == "claudio/available"] == [b"online", b"offline"]
     assert [p for t, p in got if t == "claudio/away/state"] == [b"OFF"]
     assert not [t for t, _ in got if t.startswith("homeassistant/")]
+    assert not [t for t, _ in got if t == "claudio/level"]  # the room's sensor, not a file's
 
 
 def test_a_withdrawal_the_broker_never_took_is_sent_again(

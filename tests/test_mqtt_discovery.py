@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
@@ -225,26 +226,29 @@ def test_only_announced_clap_counts_are_sent_as_events(mosquitto) -> None:
     from claudio_daemon.events import ClapPattern
 
     s = MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id="claudio-counts")
-    publisher = MqttPublisher(s)
-    publisher.configure_discovery(clap_counts=[2, 3], sound_labels=[])
-    publisher.start()
-    try:
-        assert publisher.wait_connected(5)
-        with Subscriber(mosquitto.host, mosquitto.port, ["claudio/claps", "claudio/event"]) as sub:
-            for n in (1, 2, 4, 3):
-                publisher.publish_event(ClapPattern(n, tuple(range(n)), 100, -20.0))
-            assert publisher.flush(5)
-            sub.wait_for(lambda m: len(m) >= 6)
-    finally:
-        publisher.stop(timeout=2)
-    types = [json.loads(p)["event_type"] for t, p, _ in sub.messages if t == "claudio/claps"]
-    assert types == ["claps_2", "claps_3"]
-    assert [json.loads(p)["count"] for t, p, _ in sub.messages if t == "claudio/event"] == [
-        1,
-        2,
-        4,
-        3,
-    ]
+    for guest in (False, True):  # a service, and `replay --publish` beside it
+        publisher = MqttPublisher(s, guest=guest)
+        publisher.configure_discovery(clap_counts=[2, 3], sound_labels=[])
+        publisher.start()
+        topics = ["claudio/claps", "claudio/event", "homeassistant/#"]
+        try:
+            assert publisher.wait_connected(5)
+            with Subscriber(mosquitto.host, mosquitto.port, topics) as sub:
+                for n in (1, 2, 4, 3):
+                    publisher.publish_event(ClapPattern(n, tuple(range(n)), 100, -20.0))
+                assert publisher.flush(5)
+                sub.wait_for(lambda m: len([x for x in m if x[0] == "claudio/event"]) >= 4)
+                time.sleep(0.2)
+        finally:
+            publisher.stop(timeout=2)
+        got = [(t, p) for t, p, kept in sub.messages if p and not kept]  # sent now
+        types = [json.loads(p)["event_type"] for t, p in got if t == "claudio/claps"]
+        assert types == ["claps_2", "claps_3"], guest
+        events = [json.loads(p)["count"] for t, p in got if t == "claudio/event"]
+        assert events == [1, 2, 4, 3], guest
+        # The guest announces nothing (the service's configs arrive retained, from before).
+        announced = [t for t, _ in got if t.startswith("homeassistant/")]
+        assert not (guest and announced), announced
 
 
 def test_discovery_disabled_publishes_nothing(mosquitto) -> None:

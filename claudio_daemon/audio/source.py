@@ -261,12 +261,16 @@ def resolve_input_device(device: str | int | None) -> InputDevice:
 
 def resolve_again(spec: str | int | None, last: InputDevice) -> InputDevice:
     """The device to reopen after it vanished. Asked for by index, it is found again by the
-    name it had: a USB microphone plugged back in often comes back under another PortAudio
-    index, and that index may now be another device. By name (or the default), as asked."""
+    name it had, and only by it: a USB microphone plugged back in often comes back under
+    another PortAudio index, and while it is away its old index may be another device. By
+    name (or the default), as asked."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         same = [d for d in list_input_devices() if d.name == last.name]
-        if same:
-            return min(same, key=lambda d: abs(d.index - last.index))
+        if not same:
+            # Not back yet. Its old index may now be the next device along: opening that
+            # one would swap microphones for good. Keep waiting for this one.
+            raise AudioDeviceError(f"audio input {last.name!r} (asked for as #{spec}) is not back")
+        return min(same, key=lambda d: abs(d.index - last.index))
     return resolve_input_device(spec)
 
 

@@ -497,6 +497,8 @@ class MqttPublisher:
         """The level as a bare dBFS number (HA sensor state); only the latest is kept queued."""
         if not math.isfinite(reading.level_db):
             return
+        if self.guest:
+            return  # the room's level sensor is the service's, not a recording's
         payload = f"{reading.level_db:.1f}".encode()
         self._enqueue(self.topics.level, payload, Priority.LEVEL, key="level")
 
@@ -549,6 +551,8 @@ class MqttPublisher:
         (<prefix>/event carries every pattern).
         """
         self._clap_counts = frozenset(clap_counts)
+        if self.guest:
+            return  # a replay announces nothing; the counts still filter its events
         self.publish_discovery(
             discovery_messages(
                 self.settings,
