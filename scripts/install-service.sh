@@ -39,8 +39,10 @@ case "$prefix" in /*) ;; *) die "--prefix must be an absolute path, got '$prefix
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (sudo $0)"
 command -v systemctl >/dev/null || die "systemctl not found: this script needs systemd"
-case "$(uname -m)" in
-  armv6l | armv7l) die "a 32-bit system ($(uname -m)): onnxruntime, the sound model's runtime, has no build for it; use a 64-bit OS (Raspberry Pi OS 64-bit)" ;;
+# The userland decides, not the kernel: 32-bit Raspberry Pi OS boots a 64-bit kernel on a Pi 4.
+arch=$( (dpkg --print-architecture 2>/dev/null || uname -m) | head -1)
+case "$arch" in
+  armhf | armel | armv6l | armv7l) die "a 32-bit system ($arch): onnxruntime, the sound model's runtime, has no build for it; use a 64-bit OS (Raspberry Pi OS 64-bit)" ;;
 esac
 # What the daemon needs from the system: PortAudio for the microphone (sounddevice does not
 # bundle it on Linux), libsndfile for recordings, and a Python that can make a venv.

@@ -205,18 +205,17 @@ def test_calibrate_never_overwrites_a_file_that_is_no_calibration(
 
     res = calibrate(rules)
     assert res.returncode == 2, res.stdout + res.stderr
-    assert f"{rules}: exists and is not a calibration file" in res.stderr
+    assert f"{rules}: is a rules file (appliances, audio), not a calibration" in res.stderr
     assert rules.read_text() == text
-    # An earlier calibration is replaced, as asked.
+    # An earlier calibration is replaced, as asked; so is a broken one (the daemon refuses
+    # to start on it, and calibrating again is the way out).
     out = tmp_path / "cal.yaml"
     for _ in range(2):
-        res = _cli(
-            "--input", str(recording.path), "--yes", "--out", str(out), "--rules", str(rules)
-        )
+        res = calibrate(out)
         assert res.returncode == 0, res.stderr
-    res = _cli(
-        "--input", str(recording.path), "--yes", "--out", str(tmp_path), "--rules", str(rules)
-    )
+    out.write_text("noise_floor_db: [\n")
+    assert calibrate(out).returncode == 0 and "clap_level_db" in out.read_text()
+    res = calibrate(tmp_path)
     assert res.returncode == 2 and "is a folder" in res.stderr
 
 

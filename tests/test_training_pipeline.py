@@ -571,3 +571,24 @@ def test_every_rank_takes_rank_0s_word_on_missing_statistics(
     assert hung == [False, False], "a rank waited at a barrier the other skipped"
     assert [(tmp_path / r).read_text() for r in ("0", "1")] == ["True", "True"]
     assert (rank0 / "stats.json").is_file()
+
+
+def test_claudio_train_without_the_train_extra_says_what_to_install(tmp_path: Path) -> None:
+    """A daemon-only install has claudio-train too: `fit` died with a torch traceback."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # as if the extra were not installed
+        "sys.argv = ['claudio-train', 'fit', '--cache', sys.argv[1], '--out', sys.argv[2]]\n"
+        "from training.cli import main; main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "cache"), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "torch is missing: the training tools need the train extra" in proc.stderr

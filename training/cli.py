@@ -44,6 +44,11 @@ except ModuleNotFoundError:  # a daemon-only install (no train extra)
 # Light (json and dataclasses only): the option help names what a model may carry.
 from claudio_daemon.model.metadata import CLAP_CHECK_KEYS
 
+#: What the train extra brings (pyproject.toml); the daemon's own install lacks them.
+TRAIN_EXTRA_MODULES = frozenset(
+    {"torch", "torchaudio", "onnx", "onnxscript", "tqdm", "matplotlib", "xgboost", "flwr", "scipy"}
+)
+
 app = typer.Typer(
     help="Train, evaluate and export Claudio's sound classifier.",
     no_args_is_help=True,
@@ -550,7 +555,15 @@ _register_compare(app)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA_MODULES:
+            raise
+        sys.exit(
+            f"claudio-train: {exc.name} is missing: the training tools need the train extra: "
+            "pip install '.[train]' (or scripts/setup.sh --train)"
+        )
 
 
 if __name__ == "__main__":

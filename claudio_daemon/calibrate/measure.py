@@ -190,6 +190,8 @@ def measuring_settings(settings: ClapSettings) -> ClapSettings:
         update={
             "onset_threshold_db": min(MEASURE_ONSET_DB, settings.onset_threshold_db),
             "min_level_db": -120.0,
+            # Claps brighter than a set limit are measured too, so calibrate can say so.
+            "max_centroid_hz": None,
         }
     )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 import typer
+import yaml
 
 from claudio_daemon.audio.io import AudioFileError
 from claudio_daemon.audio.source import (
@@ -39,7 +40,6 @@ from claudio_daemon.calibrate.model import (
     CALIBRATED,
     CalibrationError,
     apply_calibration,
-    load_calibration,
     save_calibration,
 )
 from claudio_daemon.detect.activity import level_db
@@ -332,21 +332,32 @@ def _summary(
     return "\n".join(lines)
 
 
+#: Keys only a rules file has: a file holding one is never overwritten with a calibration.
+RULES_KEYS = frozenset({"appliances", "triggers", "mqtt", "away", "claps", "sounds", "audio"})
+
+
 def _check_target(target: Path) -> None:
-    """Before anything is measured: the file to write is new or an earlier calibration.
-    `--out /etc/claudio/rules.yaml` replaced the user's rules with calibration values."""
+    """Before anything is measured: the file to write is not a rules file. `--out
+    /etc/claudio/rules.yaml` replaced the user's rules with calibration values. A broken
+    calibration is replaced: calibrating again is how it gets fixed."""
     if target.is_dir():
         raise CalibrationFailed(f"{target}: is a folder; --out names the calibration file", 2)
-    if not target.exists():
-        return
     try:
-        load_calibration(target)
-    except CalibrationError:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationFailed(f"{target}: cannot read it to check what it is: {exc}", 2) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # not YAML at all: a broken calibration at worst
+    if isinstance(data, dict) and RULES_KEYS & set(data):
         raise CalibrationFailed(
-            f"{target}: exists and is not a calibration file (your rules.yaml?); not "
-            "overwritten: name another file with --out, or remove it first",
+            f"{target}: is a rules file ({', '.join(sorted(RULES_KEYS & set(data)))}), not a "
+            "calibration; not overwritten: name another file with --out",
             2,
-        ) from None
+        )
 
 
 def _no_claps_message(claps: ClapReport, noise: NoiseReport, seconds: float) -> str:
