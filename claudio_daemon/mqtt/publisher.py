@@ -331,6 +331,8 @@ class MqttPublisher:
 
         # Written by paho's thread, read by the sender (single writes: no lock needed).
         self._acks: deque[tuple[int, Any]] = deque()
+        #: Message ids paho was told not to re-send at a reconnect (written on its thread).
+        self._withheld: deque[int] = deque()
         #: paho message id -> queue time of each device command handed to paho and not
         #: yet acknowledged (written by the sender, read on connect by paho's thread).
         self._commands_out: dict[int, float] = {}
@@ -679,17 +681,18 @@ class MqttPublisher:
             self._enqueue_discovery_locked()
         if not self._connected.is_set() or self._client is None or self._stopping:
             return
-        stale = [e for e in self._inflight.values() if e.generation < self._generation]
         now = time.monotonic()
-        for e in stale:
-            if self._command_expired(e, now):
-                # Withheld from paho at the reconnect (_withhold_expired_commands): no
-                # acknowledgement will come, and waiting for one held everything back.
-                self._inflight.pop(e.mid or -1, None)
-                self._commands_out.pop(e.mid or -1, None)
-                e.mid = None
-                self._drop_if_stale_locked(e, now)
-        stale = [e for e in stale if e.mid is not None]
+        while self._withheld:
+            # Withheld from paho at the reconnect (_withhold_expired_commands): no
+            # acknowledgement will come, and waiting for one held everything back. Only
+            # those: one paho did re-send may cross the age limit before its ack arrives.
+            e = self._inflight.pop(self._withheld.popleft(), None)
+            if e is None:
+                continue
+            self._commands_out.pop(e.mid or -1, None)
+            e.mid = None
+            self._drop_if_stale_locked(e, now)
+        stale = [e for e in self._inflight.values() if e.generation < self._generation]
         if stale:
             if now - self._connected_at < self.resend_grace_s:
                 return  # paho is re-sending them; newer entries must wait to keep order
@@ -846,7 +849,8 @@ class MqttPublisher:
             # paho has no public way to cancel a message (checked with paho-mqtt 2.2).
             with client._out_message_mutex:
                 for mid in expired:
-                    client._out_messages.pop(mid, None)
+                    if client._out_messages.pop(mid, None) is not None:
+                        self._withheld.append(mid)
         except AttributeError:
             log.debug("MQTT: this paho cannot withhold %d expired command(s)", len(expired))
 
