@@ -16,7 +16,8 @@
 # recordings (the same clips; from a packed cache, within its 0.31 dB steps), so a machine
 # without the recordings can still measure float and INT8 accuracy.
 # With VARIANT set (scripts/recipe.sh), step 2 and the scores are the variant's
-# (runs/foldK/int8-VARIANT.json ..., WORK/summary-VARIANT.md); the base is shared.
+# (runs/foldK/int8-VARIANT.json ..., WORK/summary-VARIANT.md); the base is shared. Scores
+# from the cache end in -cache (int8-cache.json, summary-cache.md).
 #
 # Environment: see scripts/recipe.sh (epochs, seed, data folder, mining commit).
 # A 2-core CPU needs about 65 minutes a fold; run folds side by side only on a GPU.
@@ -40,6 +41,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ ${#FOLDS[@]} -gt 0 ] || { echo "crossval: name the test folds, e.g. 1 2 3 4" >&2; exit 2; }
+# Scores from the cache are named apart from scores of the recordings (same clips, 8-bit).
+FROM=""
+[ $FROM_CACHE = 1 ] && FROM="-cache"
 
 # shellcheck source=scripts/recipe.sh
 . "$ROOT/scripts/recipe.sh"
@@ -56,8 +60,8 @@ fold() {
     [ $FROM_CACHE = 1 ] && test=$WORK/cache/esc50 where="clips from the cache"
     say "fold$k: scoring its real $where"
     for name in int8 float base; do
-        file=$run/$name${VARIANT:+-$VARIANT}.json
-        [ "$name" = base ] && file=$run/base.json
+        file=$run/$name${VARIANT:+-$VARIANT}$FROM.json
+        [ "$name" = base ] && file=$run/base$FROM.json
         [ -s "$file" ] && continue
         case $name in
             int8) model=$run/$EXPORT_DIR/model.int8.onnx ;;
@@ -83,17 +87,18 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 [ $SCORE = 1 ] || exit 0
 
-"$PY" - "$WORK" "$VARIANT" "${FOLDS[@]}" <<'PYEOF'
+"$PY" - "$WORK" "$VARIANT" "$FROM" "${FOLDS[@]}" <<'PYEOF'
 import json
 import sys
 from pathlib import Path
 
-work, variant, folds = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+work, variant, source, folds = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 suffix = f"-{variant}" if variant else ""
 rows, acc = [], {"base": [], "float": [], "int8": []}
 for k in folds:
     run = work / "runs" / f"fold{k}"
-    m = {v: json.loads((run / f"{v}{'' if v == 'base' else suffix}.json").read_text()) for v in acc}
+    name = {v: f"{v}{'' if v == 'base' else suffix}{source}.json" for v in acc}
+    m = {v: json.loads((run / name[v]).read_text()) for v in acc}
     for v in acc:
         acc[v].append(m[v]["accuracy"])
     rows.append(
@@ -111,6 +116,6 @@ table = "\n".join(
         f"| mean | | {mean['base']:.3f} | {mean['float']:.3f} / {mean['int8']:.3f} | | |",
     ]
 )
-(work / f"summary{suffix}.md").write_text(table + "\n")
+(work / f"summary{suffix}{source}.md").write_text(table + "\n")
 print(table)
 PYEOF

@@ -130,7 +130,7 @@ print(" ".join(f"{p}=={m.version(p)}" for p in ("soundfile", "cffi", "pycparser"
         fi
         (cd "$WORK" && tar czf "$DEST/logs.tar.gz" logs runs/*/*.log runs/*/*.json \
             2>/dev/null) || true
-        say "done: $(cd "$DEST" && echo *.onnx)"
+        say "done: $(cd "$DEST" && ls | tr "\n" " ")"
         exit $failed
         ;;
     -h | --help | "")

@@ -28,6 +28,11 @@ BASE_EPOCHS=${BASE_EPOCHS:-200}
 STEP2_EPOCHS=${STEP2_EPOCHS:-24}
 VARIANT=${VARIANT:-}
 [[ $VARIANT =~ ^[A-Za-z0-9._-]*$ ]] || { echo "VARIANT: letters, digits, '.', '_', '-' only" >&2; exit 2; }
+if [ -n "$VARIANT" ] && [ -n "${BASE_ARGS:-}" ]; then
+    # The base is shared by every variant (runs/NAME/base): a variant cannot change it.
+    echo "VARIANT varies step 2 only; BASE_ARGS needs a WORK of its own" >&2
+    exit 2
+fi
 STEP2_DIR=claps${VARIANT:+-$VARIANT}
 EXPORT_DIR=export${VARIANT:+-$VARIANT}
 SEED=${SEED:-0}

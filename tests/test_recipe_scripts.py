@@ -200,7 +200,7 @@ def test_a_gpu_lease_trains_from_the_packed_caches_alone(
     ]
     # There, without the recordings, fold 2's real clips were scored from the cache.
     run2 = there / "runs" / "fold2"
-    int8 = json.loads((run2 / "int8.json").read_text())
+    int8 = json.loads((run2 / "int8-cache.json").read_text())
     assert int8["n_clips"] == len(CLASSES)
     assert f"| 2 | {len(CLASSES)} |" in (out / "crossval.md").read_text()
     assert f"/ {int8['accuracy']:.3f} |" in (out / "crossval.md").read_text()
@@ -253,8 +253,12 @@ def test_a_step2_variant_reuses_the_base_and_returns_scores_only(
     variant = load_checkpoint(run / "claps-lr2e-4" / "last.pt")["config"]
     assert (recipe["lr"], variant["lr"]) == (0.0005, 0.0002)
     assert (run / "export-lr2e-4" / "model.int8.onnx").is_file()
-    scored = json.loads((run / "int8-lr2e-4.json").read_text())
+    scored = json.loads((run / "int8-lr2e-4-cache.json").read_text())
     table = (out / "crossval-lr2e-4.md").read_text()
     assert f"| 3 | {len(CLASSES)} |" in table and f"/ {scored['accuracy']:.3f} |" in table
     res = _script("gpu_lease.sh", "train", *common, "3", data=data, PYTHON=py, VARIANT="a b")
     assert res.returncode == 2 and "VARIANT" in res.stderr
+    res = _script(
+        "gpu_lease.sh", "train", *common, "3", data=data, PYTHON=py, VARIANT="v", BASE_ARGS="--lr 1"
+    )
+    assert res.returncode == 2 and "BASE_ARGS needs a WORK of its own" in res.stderr
