@@ -220,8 +220,7 @@ class Pipeline:
         replay must report them too. Silence, fed through the same path, decides them."""
         every = int(round(self.rules.model.classify_every_s * self.sample_rate))
         every = max(1, min(every, self.cfg.clip_samples // 2))
-        gate = self.gate.samples_to_settle() + self.gate.window
-        n = max(self.claps.drain_samples(), every + gate)
+        n = max(self.claps.drain_samples(), every + self.gate.window)
         out = self.process(np.zeros(n, dtype=np.float32))
         self.stats.flushed += n
         return out
@@ -235,10 +234,8 @@ class Pipeline:
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
             # Every window while armed, not only while the gate is open: AWAY's own
             # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
-            # and the engine's comparison costs nothing next to the classifier. Not the
-            # first second's, judged against a floor found after them: a microphone's pop
-            # as the stream opens would alert at every restart of an armed house.
-            if self.engine.away and end > self.gate.settled_at:
+            # and the engine's comparison costs nothing next to the classifier.
+            if self.engine.away:
                 out += self.engine.handle(reading)
             if end - self._last_level_report >= LEVEL_REPORT_S * self.sample_rate:
                 self._last_level_report = end

@@ -73,25 +73,6 @@ def test_floor_falls_fast_and_rises_slowly() -> None:
     assert not louder[-1].active
 
 
-def test_a_sound_already_playing_when_the_stream_starts_opens_the_gate() -> None:
-    """The first window is the floor: a sound in it never stood out, so a clip that starts
-    with the sound (or a start-up mid-bark) was never classified."""
-    room = _noise(4.0, -70.0)
-    burst = room.copy()
-    burst[: int(0.3 * RATE)] += _noise(0.3, -20.0, seed=3)
-    readings = ActivityGate(RATE).push(burst)
-    # The first second is judged against its own quietest window, the room.
-    assert readings[0].active and readings[0].noise_floor_db == pytest.approx(-70.0, abs=0.5)
-    assert [r.end_sample for r in readings] == [2205 * (i + 1) for i in range(len(readings))]
-    # The burst's three windows and the hangover (a second), then quiet.
-    assert sum(r.active for r in readings) == 13
-    assert not readings[-1].active
-    # A room already there at the start, quiet or not, is no sound: it opened the gate,
-    # and the classifier heard "breathing" in a quiet room at every start.
-    for level in (-70.0, -50.0):
-        assert not any(r.active for r in ActivityGate(RATE).push(_noise(3.0, level, seed=4)))
-
-
 def test_min_level_keeps_a_silent_room_closed() -> None:
     gate = ActivityGate(RATE, initial_floor_db=-100.0, min_level_db=-60.0)
     readings = gate.push(_noise(1.0, -75.0))  # 25 dB above the floor, but below -60 dBFS

@@ -736,12 +736,11 @@ def test_replay_decides_the_claps_a_recording_ends_on(
     )
 
 
-def test_replay_hears_a_sound_at_the_very_start_or_end_of_a_recording(
+def test_replay_hears_a_sound_at_the_very_end_of_a_recording(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    """Glass breaking from the first sample (the level gate took it for the room's floor)
-    or in the last 0.3 s (never classified: the file ended before the next point) gave no
-    classification at all; with a second of quiet room around it, it was reported."""
+    """Glass breaking in the last 0.3 s of a recording was never classified (the file ended
+    before the next classification point); with a second of quiet room after it, it was."""
     from claudio_daemon import app
     from claudio_daemon.audio.io import read_audio
     from claudio_daemon.audio.resample import StreamingResampler
@@ -750,19 +749,15 @@ def test_replay_hears_a_sound_at_the_very_start_or_end_of_a_recording(
     glass, rate = read_audio(path)
     rs = StreamingResampler(rate, SR)
     glass = np.concatenate([rs.process(glass), rs.flush()])
-    assert np.abs(glass[: SR // 10]).max() > 0.1  # loud from the start
     room = 0.001 * np.random.default_rng(0).standard_normal(int(1.1 * SR))
     rules = tmp_path / "rules.yaml"
     rules.write_text("audio: {calibration: null}\n")
-    for name, audio in (
-        ("starts.wav", glass[: 2 * SR]),
-        ("ends.wav", np.concatenate([room, glass[: int(0.3 * SR)]])),
-    ):
-        runner = app.run_replay(
-            write_wav(tmp_path / name, audio), rules_path=rules, model_path=None, json_out=None
-        )
-        assert runner.pipeline.stats.classifications >= 1, name
-        assert runner.pipeline.stats.sounds >= 1, name
+    audio = np.concatenate([room, glass[: int(0.3 * SR)]])
+    runner = app.run_replay(
+        write_wav(tmp_path / "ends.wav", audio), rules_path=rules, model_path=None, json_out=None
+    )
+    assert runner.pipeline.stats.classifications >= 1
+    assert runner.pipeline.stats.sounds >= 1
 
 
 def test_replay_publish_beside_the_running_service_leaves_it_alone(

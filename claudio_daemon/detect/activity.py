@@ -49,9 +49,7 @@ class ActivityGate:
     a sound's tail and the gaps between claps.
 
     Windows are counted from the first sample pushed, so results do not depend on how
-    the audio is chunked. Without `initial_floor_db` the first `settle_s` of windows are
-    judged together, once their quietest level has become the floor (their readings come
-    that much later).
+    the audio is chunked. Without `initial_floor_db` the first window's level is the floor.
     """
 
     def __init__(
@@ -64,7 +62,6 @@ class ActivityGate:
         hangover_s: float = 1.0,
         initial_floor_db: float | None = None,
         floor_fall_s: float = 0.5,
-        settle_s: float = 1.0,
     ) -> None:
         if sample_rate <= 0 or window_s <= 0 or floor_adapt_s <= 0 or floor_fall_s <= 0:
             raise ValueError("sample_rate, window_s, floor_adapt_s and floor_fall_s must be > 0")
@@ -77,7 +74,6 @@ class ActivityGate:
         self.min_level_db = float(min_level_db)
         self._hang_windows = int(math.ceil(hangover_s / win_s - 1e-9)) if hangover_s > 0 else 0
         self._initial_floor = initial_floor_db
-        self._settle_windows = max(1, int(round(settle_s / win_s)))
         self._buf = np.zeros(self.window, dtype=np.float32)
         self.reset()
 
@@ -85,10 +81,6 @@ class ActivityGate:
         self._fill = 0
         self._samples = 0
         self._floor: float | None = self._initial_floor
-        #: (end sample, level) of the first windows, judged once the floor is known.
-        self._early: list[tuple[int, float]] = []
-        #: End of the windows judged together at the start (0 with an initial floor).
-        self.settled_at = 0
         self._hang = 0
         self._active = False
         self._level = SILENCE_DB
@@ -122,33 +114,11 @@ class ActivityGate:
             self._samples += take
             if self._fill == self.window:
                 self._fill = 0
-                out.extend(self._reading(level_db(self._buf)))
+                out.append(self._judge(level_db(self._buf)))
         return out
 
-    def samples_to_settle(self) -> int:
-        """Audio still needed before every window heard so far has been judged."""
-        if self._floor is not None:
-            return 0
-        return (self._settle_windows - len(self._early)) * self.window
-
-    def _reading(self, level: float) -> list[GateReading]:
-        """Without a starting floor the first `settle_s` are judged together, against their
-        own quietest window: taking the first window for the room, a sound already playing
-        when the stream starts (a clip trimmed to the event, a start mid-bark) never stood
-        out of it and was never classified; opening on any first window classified the
-        room itself at every start ("breathing" in a quiet room)."""
-        if self._floor is not None:
-            return [self._judge(level, self._samples)]
-        self._early.append((self._samples, level))
-        if len(self._early) < self._settle_windows:
-            return []
-        early, self._early = self._early, []
-        self._floor = min(lvl for _, lvl in early)
-        self.settled_at = self._samples
-        return [self._judge(lvl, end) for end, lvl in early]
-
-    def _judge(self, level: float, end: int) -> GateReading:
-        floor = self._floor if self._floor is not None else level
+    def _judge(self, level: float) -> GateReading:
+        floor = level if self._floor is None else self._floor
         loud = level >= floor + self.open_db_above_floor and level >= self.min_level_db
         if loud:
             self._hang = self._hang_windows
@@ -162,4 +132,4 @@ class ActivityGate:
         self._floor = floor + rate * (level - floor)
         self._active = active
         self._level = level
-        return GateReading(end, level, floor, active)
+        return GateReading(self._samples, level, floor, active)
