@@ -413,18 +413,29 @@ def test_a_venv_without_pip_or_from_an_older_python_is_made_again(tmp_path: Path
     def ensure() -> subprocess.CompletedProcess[str]:
         script = f". {ROOT / 'scripts' / 'venv.sh'} && ensure_venv {venv}"
         path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this one
+        # A bare environment: no PYTHONPATH or the like from the test run may lend the
+        # venv a pip it does not have.
+        env = {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
         return subprocess.run(
-            ["bash", "-c", script],
-            env=os.environ | {"PATH": path},
-            capture_output=True,
-            text=True,
-            timeout=120,
+            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
         )
 
+    bare = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--version"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        check=False,
+    )
+    assert bare.returncode != 0  # the broken venv this test needs
     first = ensure()
     assert first.returncode == 0, first.stderr
-    assert "making" in first.stdout
-    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], check=False)
+    assert "making" in first.stdout, (first.stdout, first.stderr)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "--version"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        check=False,
+    )
     assert pip.returncode == 0
     cfg = (venv / "pyvenv.cfg").stat().st_mtime_ns
     again = ensure()
