@@ -36,6 +36,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$prefix" in /*) ;; *) die "--prefix must be an absolute path, got '$prefix'" ;; esac
+# The unit's ProtectHome=yes hides /home, /root and /run/user from the service.
+case "$prefix/" in
+  /home/* | /root/* | /run/user/*) die "--prefix $prefix: the service cannot see home folders (ProtectHome=yes); pick a folder such as /opt/claudio" ;;
+esac
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (sudo $0)"
 command -v systemctl >/dev/null || die "systemctl not found: this script needs systemd"

@@ -216,6 +216,14 @@ def test_install_script_parses_and_only_does_harmless_things_when_asked() -> Non
         ["bash", str(INSTALL), "--prefix", "relative"], capture_output=True, text=True, timeout=10
     )
     assert rel.returncode == 1 and "absolute" in rel.stderr
+    # The unit hides home folders from the service (ProtectHome=yes): refused at once.
+    home = subprocess.run(
+        ["bash", str(INSTALL), "--prefix", "/home/pi/claudio"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert home.returncode == 1 and "ProtectHome=yes" in home.stderr
     if shutil.which("shellcheck"):
         sc = subprocess.run(
             ["shellcheck", "-S", "warning", str(INSTALL)],
