@@ -196,10 +196,7 @@ class Pipeline:
         if not np.isfinite(x).all():
             x = self._finite(x)
         out: list[Event] = []
-        # At most half the model's window apart: a short sound just after one point must
-        # still be inside the window at the next (classify_every_s may ask up to 10 s).
-        every = int(round(self.rules.model.classify_every_s * self.sample_rate))
-        every = max(1, min(every, self.cfg.clip_samples // 2))
+        every = self._classify_every()
         pos = 0
         while pos < x.size:
             point = (self.stats.samples // every + 1) * every
@@ -213,14 +210,19 @@ class Pipeline:
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 
+    def _classify_every(self) -> int:
+        """Samples between classification points: at most half the model's window apart,
+        so a short sound just after one point is still inside the window at the next
+        (classify_every_s may ask up to 10 s)."""
+        every = int(round(self.rules.model.classify_every_s * self.sample_rate))
+        return max(1, min(every, self.cfg.clip_samples // 2))
+
     def finish(self) -> list[Event]:
         """The stream ended (a recording's last sample): decide what is still pending as if
         a quiet room followed. A live stream goes on, so the clap pattern whose end silence
         a file cut off, or a sound in its last moments, would have been reported live; a
         replay must report them too. Silence, fed through the same path, decides them."""
-        every = int(round(self.rules.model.classify_every_s * self.sample_rate))
-        every = max(1, min(every, self.cfg.clip_samples // 2))
-        n = max(self.claps.drain_samples(), every + self.gate.window)
+        n = max(self.claps.drain_samples(), self._classify_every() + self.gate.window)
         out = self.process(np.zeros(n, dtype=np.float32))
         self.stats.flushed += n
         return out

@@ -124,10 +124,9 @@ class Runner:
                         self.notifier.status(self.status_line(source))
             if self._stop.is_set():
                 break
-        else:
-            if not self._stop.is_set():  # the recording ended: nothing is left undecided
-                for event in self.pipeline.finish():
-                    self.dispatch(event)
+        if not self._stop.is_set():  # the recording ended: nothing is left undecided
+            for event in self.pipeline.finish():
+                self.dispatch(event)
         self._apply_commands()
 
     def status_line(self, source: AudioSource) -> str:

@@ -33,16 +33,18 @@ from typing import Annotated, Any
 
 import typer
 
-try:
-    import click
-except ModuleNotFoundError:  # a daemon-only install (no train extra)
-    sys.exit(
-        "claudio-train: the training tools need the train extra: "
-        "pip install '.[train]' (or scripts/setup.sh --train)"
-    )
-
 # Light (json and dataclasses only): the option help names what a model may carry.
 from claudio_daemon.model.metadata import CLAP_CHECK_KEYS
+
+#: Said when a module of the train extra is missing (a daemon-only install).
+NEEDS_EXTRA = (
+    "the training tools need the train extra: pip install '.[train]' (or scripts/setup.sh --train)"
+)
+
+try:
+    import click
+except ModuleNotFoundError:
+    sys.exit(f"claudio-train: {NEEDS_EXTRA}")
 
 #: What the train extra brings (pyproject.toml); the daemon's own install lacks them.
 TRAIN_EXTRA_MODULES = frozenset(
@@ -560,10 +562,7 @@ def main() -> None:
     except ModuleNotFoundError as exc:
         if exc.name not in TRAIN_EXTRA_MODULES:
             raise
-        sys.exit(
-            f"claudio-train: {exc.name} is missing: the training tools need the train extra: "
-            "pip install '.[train]' (or scripts/setup.sh --train)"
-        )
+        sys.exit(f"claudio-train: {exc.name} is missing: {NEEDS_EXTRA}")
 
 
 if __name__ == "__main__":

@@ -324,7 +324,7 @@ def _summary(
         + (", ".join(f"{g:.2f}" for g in claps.gaps_s) + " s" if claps.gaps_s else "(one clap)"),
         "Proposed clap settings (now -> calibrated)",
     ]
-    for name in ("onset_threshold_db", "min_level_db", "min_gap_s", "max_gap_s", "end_silence_s"):
+    for name in CALIBRATED:
         old, new = getattr(settings, name), getattr(after, name)
         why = " (rules.yaml sets it: kept)" if name in kept else ""
         lines.append(f"  {name:<19} {old:6.2f} -> {new:6.2f}{why}")

@@ -110,11 +110,11 @@ class ClapSettings(StrictModel):
         description="Lowest spectral centroid of the first 20 ms of the transient.",
     )
     # Off by default. On the clap benchmark's scenes (all folds, seeds 0-4, no classifier)
-    # 5,000 Hz removes 44 of the detector's 280 false patterns (22 of 70 from can openings,
-    # whose metal click is brighter than any clap) and no real command at 5 dB and above
-    # (2 of 53 at 0 dB); the brightest ESC-50 clap measures 3,950 Hz, and real claps
-    # brighter than that are likely, so it waits for a cross-validated measurement
-    # (bench/README.md) before it becomes a default.
+    # 5,000 Hz takes the detector's false patterns from 280 to 240 (can openings, whose
+    # metal click is brighter than any clap, 70 to 49) and loses no clap command at any SNR
+    # (bench/results/detector-centroid); the brightest ESC-50 clap measures 3,950 Hz, and
+    # real claps brighter than that are likely, so it waits for a cross-validated
+    # measurement (bench/README.md) before it becomes a default.
     max_centroid_hz: float | None = Field(
         None,
         ge=1000.0,

@@ -139,16 +139,18 @@ class MqttSettings(StrictModel):
     @classmethod
     def _redact_password(cls, data: Any) -> Any:
         # Validation errors echo the input; never let a password reach the logs.
-        if isinstance(data, dict) and data.get("password") is not None:
+        if not isinstance(data, dict):
+            return data
+        if data.get("password") is not None:
             data = {**data, "password": "<redacted>"}
         # Not a variable name: most likely the password itself, pasted into password_env.
-        env = data.get("password_env") if isinstance(data, dict) else None
+        env = data.get("password_env")
         if isinstance(env, str) and env and not is_env_name(env):
             data = {**data, "password_env": "<redacted>"}
         # A number where a name or path belongs is a PIN-like password YAML read unquoted:
         # it fails as "not a string" without the value (errors echo only plain values).
         for key in ("password_env", "password_file"):
-            value = data.get(key) if isinstance(data, dict) else None
+            value = data.get(key)
             if value is not None and not isinstance(value, str):
                 data = {**data, key: _Hidden()}
         return data
