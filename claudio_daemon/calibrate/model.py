@@ -9,8 +9,6 @@ measurement is about.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from claudio_daemon.config_base import StrictModel
 from claudio_daemon.detect.settings import ClapSettings
+from claudio_daemon.files import replace_file
 
 
 class CalibrationError(ValueError):
@@ -123,24 +122,13 @@ def save_calibration(cal: Calibration, path: str | Path) -> None:
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     else:
         text = yaml.safe_dump(data, sort_keys=True)
-    # A link (say into /var/lib/claudio) is followed: the file it names is replaced, the
-    # link stays. The temporary file is unique and never left behind.
-    real = path.resolve() if path.is_symlink() else path
-    tmp: Path | None = None
     try:
-        real.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the service's user
-        tmp.replace(real)
-        tmp = None
+        # 0644 whatever the umask of the root shell calibrate ran in: the service's user
+        # reads it. A link (say into /var/lib/claudio) is followed.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, text, mode=0o644)
     except OSError as exc:
         raise CalibrationError(f"{path}: cannot write calibration file: {exc}") from exc
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
 
 
 #: The clap settings a calibration sets.

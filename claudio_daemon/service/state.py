@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from claudio_daemon.files import replace_file
+
 log = logging.getLogger(__name__)
 
 
@@ -46,10 +48,8 @@ class StateFile:
         log.warning("%s: unreadable %s (%s); not used", self.path, self.what, why)
 
     def write(self, data: Any) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            tmp.write_text(json.dumps(data) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
+            replace_file(self.path, json.dumps(data) + "\n")
         except OSError as exc:
             if not self._write_failed:
                 log.warning("cannot save the %s to %s (%s)", self.what, self.path, exc)
