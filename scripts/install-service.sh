@@ -50,16 +50,9 @@ case "$arch" in
 esac
 # What the daemon needs from the system: PortAudio for the microphone (sounddevice does not
 # bundle it on Linux), libsndfile for recordings, and a Python that can make a venv.
+. "$src/scripts/system.sh"
 if command -v apt-get >/dev/null; then
-  missing=""
-  for p in python3 python3-venv libportaudio2 libsndfile1; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
-  done
-  if [ -n "$missing" ]; then
-    say "installing Debian packages:$missing"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
-  fi
+  install_missing python3 python3-venv libportaudio2 libsndfile1
 fi
 command -v python3 >/dev/null || die "python3 not found (apt-get install python3 python3-venv)"
 
@@ -78,7 +71,6 @@ say "user claudio: $(id claudio)"
 
 # --- code ------------------------------------------------------------------------------
 install -d -m 0755 "$prefix"
-. "$src/scripts/venv.sh"
 ensure_venv "$prefix/.venv"
 # Build from a clean copy so root never leaves build/ or *.egg-info in the user's checkout.
 build="$(mktemp -d)"

@@ -19,16 +19,9 @@ if [ "$train" = 1 ]; then
     pkgs="$pkgs pulseaudio pulseaudio-utils"
   fi
 fi
-missing=""
-for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
-if [ -n "$missing" ]; then
-  echo "setup: installing Debian packages:$missing"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
-fi
-
-. scripts/venv.sh
+. scripts/system.sh
+# shellcheck disable=SC2086
+install_missing $pkgs
 ensure_venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "$train" = 1 ]; then

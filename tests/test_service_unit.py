@@ -414,12 +414,12 @@ def test_daemon_dependencies_run_under_system_service_filter(tmp_path: Path) -> 
 def test_a_venv_without_pip_or_from_an_older_python_is_made_again(tmp_path: Path) -> None:
     """Made before python3-venv was installed, a venv has a python but no pip, and
     `[ -x .venv/bin/python ]` kept it for good; after a Debian release upgrade its packages
-    belong to the old Python. scripts/venv.sh makes such a venv again, and keeps a good one."""
+    belong to the old Python. scripts/system.sh makes such a venv again, and keeps a good one."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
 
     def ensure() -> subprocess.CompletedProcess[str]:
-        script = f". {ROOT / 'scripts' / 'venv.sh'} && ensure_venv {venv}"
+        script = f". {ROOT / 'scripts' / 'system.sh'} && ensure_venv {venv}"
         path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this one
         # A bare environment: no PYTHONPATH or the like from the test run may lend the
         # venv a pip it does not have.
