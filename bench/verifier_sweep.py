@@ -12,8 +12,8 @@ changes. So one replay of `bench/claps.py`'s scenes with the check switched off,
 every pattern the detector reports with the classifier's scores for its audio, for each
 clap's own and for the audio around it (what the live check hears), tells exactly what
 the daemon would have reported under any setting of the check: `min_clap_score`,
-`min_single_clap_score`, `min_clap_rise`, `veto_labels`, `veto_margin`, `veto_min_score`,
-`clap_label`. Each variant is scored like
+`min_single_clap_score`, `min_clap_rise`, `min_clap_evidence`, `veto_labels`, `veto_margin`,
+`veto_min_score`, `clap_label`. Each variant is scored like
 `bench/claps.py` scores Claudio (its "current" row is that benchmark's Claudio figures on
 the same scenes), so defaults can be chosen on one fold and checked on others, or
 cross-validated, without a replay per setting.
@@ -72,6 +72,7 @@ CHECK_KEYS = frozenset(
         "min_clap_score",
         "min_single_clap_score",
         "min_clap_rise",
+        "min_clap_evidence",
     }
 )
 
@@ -200,10 +201,14 @@ def sweep(
     max_count: int = MAX_COUNT,
     progress: bool = True,
     jobs: int = 1,
+    choose_per_hour: float | None = None,
 ) -> dict:
     """Replay every plan's scenes once and score each variant on them.
 
     `plans`: name -> (model, distractor folds, clap folds); a fold each when cross-validated.
+    `choose_per_hour`: also choose a variant for each plan on the other plans alone
+    (`choose_on_others`), and score each plan with its choice: the figures of choosing the
+    setting by cross-validation, not on the scenes it is scored on.
     """
     tasks = {
         f"{name} seed {seed}": dict(
@@ -242,8 +247,9 @@ def sweep(
         },
         "variants": {},
     }
+    scored: dict[str, dict[str, list[SceneResult]]] = {}
     for v in variants:
-        by_plan = {
+        by_plan = scored[v.name] = {
             name: [
                 SceneResult(**r)
                 for seed in seeds
@@ -256,7 +262,39 @@ def sweep(
             "summary": summarise([r for rs in by_plan.values() for r in rs], max_count),
             "per_plan": {k: summarise(rs, max_count) for k, rs in by_plan.items()},
         }
+    if choose_per_hour is not None and len(plans) > 1:
+        out["chosen"] = choose_on_others(scored, choose_per_hour, max_count)
     return out
+
+
+def choose_on_others(
+    scored: dict[str, dict[str, list[SceneResult]]], per_hour: float, max_count: int
+) -> dict:
+    """For each plan, the variant that the other plans' scenes alone prefer; each plan
+    scored with its own choice, pooled.
+
+    Preferred: at most `per_hour` false triggers an hour on the other plans, then the most
+    exact 2- and 3-clap commands at 10 dB and above, then at the lower SNRs. When no variant
+    keeps within the limit, the one with the fewest false triggers.
+    """
+    plans = list(next(iter(scored.values())))
+    chosen: dict[str, str] = {}
+    for plan in plans:
+        best: tuple | None = None
+        for name, by_plan in scored.items():
+            s = summarise([r for k, rs in by_plan.items() if k != plan for r in rs], max_count)
+            ft = s["false_triggers"]
+            cells = [c for c in s["cells"].values() if c["count"] in (2, 3)]
+            loud = sum(c["tp"] for c in cells if c["snr_db"] >= 10)
+            soft = sum(c["tp"] for c in cells if c["snr_db"] < 10)
+            within = ft["per_hour"] <= per_hour
+            key = (within, loud, soft, -ft["total"]) if within else (within, -ft["total"])
+            if best is None or key > best[0]:
+                best = (key, name)
+        assert best is not None
+        chosen[plan] = best[1]
+    pooled = [r for plan, name in chosen.items() for r in scored[name][plan]]
+    return {"max_per_hour": per_hour, "per_plan": chosen, "summary": summarise(pooled, max_count)}
 
 
 def _row(name: str, s: dict, counts: Sequence[int]) -> str:
@@ -302,6 +340,16 @@ def sweep_table(res: dict) -> str:
         *head,
     ]
     lines += [_row(name, v["summary"], counts) for name, v in res["variants"].items()]
+    chosen = res.get("chosen")
+    if chosen:
+        lines.append(_row("chosen on the other folds", chosen["summary"], counts))
+        lines += [
+            "",
+            f"Chosen on the other folds (false triggers at most {chosen['max_per_hour']:g} an "
+            "hour there, then the most exact 2- and 3-clap commands at 10 dB and above): "
+            + ", ".join(f"{k}: {v}" for k, v in chosen["per_plan"].items())
+            + ".",
+        ]
     plans = list(res["config"]["plans"])
     if len(plans) > 1:
         for plan in plans:
@@ -332,12 +380,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model's own clap_check (its metadata) where it carries one",
     )
     ap.add_argument("--max-count", type=int, choices=(2, 3, 4), default=MAX_COUNT)
+    ap.add_argument(
+        "--choose-per-hour",
+        type=float,
+        metavar="RATE",
+        help="with --cv-model: also choose a variant for each fold on the other folds alone "
+        "(at most RATE false triggers an hour there, then the most commands) and score "
+        "each fold with its choice",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "verifier")
     ap.add_argument("--jobs", type=int, default=1, help="replay in this many processes")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: must be at least 1")
+    if args.choose_per_hour is not None and not args.cv_model:
+        ap.error("--choose-per-hour needs --cv-model: it chooses on the other folds")
     try:
         variants = [Variant("current", ClapSettings())] + [parse_variant(t) for t in args.variant]
     except ValueError as exc:
@@ -360,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_count=args.max_count,
         progress=not args.quiet,
         jobs=args.jobs,
+        choose_per_hour=args.choose_per_hour,
     )
     table = sweep_table(res)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@
 # for one step; they come last, so `STEP2_ARGS="--lr 0.0002"` replaces the recipe's own
 # value: variants to try on held-out folds, not the shipped recipe), VARIANT (a name: step 2
 # and the export go to runs/NAME/claps-VARIANT and export-VARIANT, on the same base, so
-# step-2 variants can be compared without training the base again), CLAP_CHECK (min_clap_score=0.7:
+# step-2 variants can be compared without training the base again), CLAP_CHECK (min_clap_evidence=1.25:
 # the clap check's operating point written into the exported models' metadata, chosen for
 # this recipe's models with bench/verifier_sweep.py on held-out folds; models/README.md,
 # "In the daemon: the clap benchmark"; several KEY=VALUE separated by spaces).
@@ -43,7 +43,7 @@ PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
 read -r -a BASE_EXTRA <<<"${BASE_ARGS:-}"
 read -r -a STEP2_EXTRA <<<"${STEP2_ARGS:-}"
-read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_score=0.7}"
+read -r -a CLAP_CHECK_ARGS <<<"${CLAP_CHECK-min_clap_evidence=1.25}"
 T=claudio_train
 claudio_train() { "$PY" -m training.cli "$@"; }
 E16=$DATA/esc50-16k-folds123

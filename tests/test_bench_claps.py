@@ -334,3 +334,41 @@ def test_verifier_sweep_rejects_variants_it_cannot_score(variant, message) -> No
 
     with pytest.raises(ValueError, match=message):
         parse_variant(variant)
+
+
+def test_verifier_sweep_chooses_each_folds_setting_on_the_other_folds() -> None:
+    """A setting chosen on the scenes it is then scored on flatters it; each fold gets the
+    variant the other folds prefer (within the false-trigger limit, then most commands)."""
+    from bench.claps import SceneResult
+    from bench.verifier_sweep import choose_on_others
+
+    def plan(triggers: int, hits: int) -> list[SceneResult]:
+        claps = [
+            SceneResult("claps", "rain", 10.0, 2, 5.0, [2] if i < hits else [], 0, 0.9)
+            for i in range(10)
+        ]
+        hour = SceneResult("can_opening", "rain", 10.0, 0, 3600.0, [2] * triggers, 0, None)
+        return [*claps, hour]
+
+    scored = {
+        "loose": {"a": plan(2, 10), "b": plan(2, 10), "c": plan(0, 10)},
+        "strict": {"a": plan(0, 8), "b": plan(0, 8), "c": plan(0, 8)},
+    }
+    chosen = choose_on_others(scored, 1.0, 4)
+    # a and b each see one hour with 2 triggers and one without (1.0 an hour: within the
+    # limit, and more commands); c sees 4 in two hours and takes the strict check.
+    assert chosen["per_plan"] == {"a": "loose", "b": "loose", "c": "strict"}
+    summary = chosen["summary"]
+    assert summary["false_triggers"]["total"] == 4
+    assert summary["cells"]["2@10"]["tp"] == 28
+    # Nothing within the limit anywhere: the fewest false triggers.
+    assert set(choose_on_others(scored, 0.1, 4)["per_plan"].values()) == {"strict"}
+
+
+def test_verifier_sweep_chooses_only_across_folds(shared_data, tiny_onnx_model, capsys) -> None:
+    from bench import verifier_sweep
+
+    argv = ["--data", str(shared_data / "esc50-16k-folds123"), "--model", str(tiny_onnx_model)]
+    with pytest.raises(SystemExit):
+        verifier_sweep.main([*argv, "--choose-per-hour", "1"])
+    assert "--choose-per-hour needs --cv-model" in capsys.readouterr().err

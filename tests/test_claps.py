@@ -356,6 +356,55 @@ def test_a_pattern_no_more_clap_like_than_its_surroundings_is_rejected() -> None
     assert v.check(two, KEY, never, never)[0] is None
 
 
+def test_the_evidence_is_weighed_together() -> None:
+    """Over a vacuum cleaner a real command's pattern scored 0.65 while each clap alone
+    sounded like a clap and the room did not; a can's two clicks scored 0.8 as a pattern
+    and little alone. One line on each score cannot keep the first and drop the second."""
+    v = ClapVerifier(CLAP.keys(), ClapSettings(min_clap_evidence=1.25), SR)
+    assert v.weighs_evidence and v.checks_context and v.checks_each_clap
+    two = _pattern(2.0, 2.4)
+    quiet = {"before": QUIET, "after": QUIET}
+    noisy = {**QUIET, "clap_pattern": 0.65}
+    alone = {**QUIET, "clap_pattern": 0.7}
+    # 0.65 + 0.7 - 0.02 = 1.33: counted, although below a 0.7 line on the pattern alone.
+    counted, verdict = v.check(two, noisy, lambda: [alone, alone], lambda: quiet)
+    assert counted == two and verdict.accepted
+    strict = ClapVerifier(CLAP.keys(), ClapSettings(min_clap_score=0.7), SR)
+    assert strict.check(two, noisy, lambda: [alone, alone], lambda: quiet)[0] is None
+    # 0.8 + 0.25 - 0.02 = 1.03: rejected, and the reason shows the sum.
+    can = {**QUIET, "clap_pattern": 0.8}
+    click = {**QUIET, "clap_pattern": 0.25}
+    counted, verdict = v.check(two, can, lambda: [click, click], lambda: quiet)
+    assert counted is None and not verdict.accepted
+    assert verdict.reason == (
+        "clap_pattern 0.80 + claps alone 0.25 - audio before it 0.02 = 1.03 < 1.25"
+    )
+    # Clap-like surroundings count against it: 0.9 + 0.9 - 0.6 = 1.2.
+    warm = {**QUIET, "clapping": 0.6}
+    counted, verdict = v.check(two, CLAP, lambda: [CLAP, CLAP], lambda: {**quiet, "after": warm})
+    assert counted is None and "- audio after it 0.60 = 1.20 < 1.25" in verdict.reason
+    # Nothing heard around it takes nothing off; no claps heard alone: the pattern's own
+    # score stands in for them (0.65 + 0.65 = 1.30).
+    counted, verdict = v.check(two, noisy, None, lambda: {})
+    assert counted == two and verdict.accepted
+    counted, verdict = v.check(two, {**QUIET, "clap_pattern": 0.6}, None, None)
+    assert counted is None and verdict.reason.endswith("0.60 + claps alone 0.60 = 1.20 < 1.25")
+    # It weighs, it does not replace: a pattern the other tests reject stays rejected, and
+    # a clap that sounds like another sound is still left out of the count.
+    assert v.check(two, KEY, lambda: [CLAP, CLAP], lambda: quiet)[0] is None
+    three = _pattern(2.0, 2.3, 2.6)
+    counted, verdict = v.check(three, CLAP, lambda: [CLAP, KEY, CLAP], lambda: quiet)
+    assert counted is not None and counted.count == 2
+    # Off by default, and then neither the claps alone nor the room are asked for it.
+    off = ClapVerifier(CLAP.keys(), ClapSettings(min_clap_rise=0.0, min_single_clap_score=0), SR)
+    assert not (off.weighs_evidence or off.checks_context or off.checks_each_clap)
+
+    def never() -> dict:
+        raise AssertionError("asked about what the check does not use")
+
+    assert off.check(two, can, never, never)[0] == two
+
+
 def test_a_command_clapped_again_is_not_judged_by_the_one_before() -> None:
     """The audio before a pattern never reaches back into the previous pattern's claps:
     clapping again soon after a pattern that did nothing is a new command, not more of the

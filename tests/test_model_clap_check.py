@@ -35,8 +35,15 @@ def test_metadata_round_trip_and_errors() -> None:
     # A model without one writes no key, so files from before stay byte-identical.
     assert "claudio.clap_check" not in _meta().to_onnx_props()
     assert ModelMetadata.from_onnx_props(_meta().to_onnx_props()).clap_check == {}
+    # The weighed evidence is a sum of scores, so it may lie above 1.
+    weighed = _meta(min_clap_evidence=1.25)
+    assert ModelMetadata.from_onnx_props(weighed.to_onnx_props()).clap_check == {
+        "min_clap_evidence": 1.25
+    }
+    assert ClapSettings().with_defaults(weighed.clap_check).min_clap_evidence == 1.25
     for raw, needle in [
         ('{"min_clap_score": 1.5}', "clap_check.min_clap_score must be in [0, 1]"),
+        ('{"min_clap_evidence": 2.5}', "clap_check.min_clap_evidence must be in [0, 2]"),
         ('{"highpass_hz": 300}', "unknown setting 'highpass_hz'"),
         ('{"veto_margin": "high"}', "clap_check.veto_margin must be a number"),
         ('{"veto_margin": true}', "clap_check.veto_margin must be a number"),

@@ -143,7 +143,7 @@ def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> 
     assert clf.metadata.training_data["train_folds"] == ["2", "3", "4"]
     assert clf.labels[-1] == "clap_pattern" and "clapping" in clf.labels
     # The recipe's clap-check operating point travels in the file (CLAP_CHECK).
-    assert clf.metadata.clap_check == {"min_clap_score": 0.7}
+    assert clf.metadata.clap_check == {"min_clap_evidence": 1.25}
     stats = json.loads((work / "cache" / "esc50-claps-all" / "stats.json").read_text())
     assert clf.frontend.mean == pytest.approx(stats["mean"])
     assert clf.frontend.std == pytest.approx(stats["std"])

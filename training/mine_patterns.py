@@ -109,6 +109,7 @@ def detected_patterns(
             "confirm_with_classifier": True,
             "min_single_clap_score": 0.0,
             "min_clap_rise": 0.0,
+            "min_clap_evidence": 0.0,
         }
     )
     found: list[MinedPattern] = []

@@ -365,6 +365,21 @@ class ClapSettings(StrictModel):
         "no more like clapping than its surroundings is part of a longer sound (steps, "
         "applause, coughing). 0 turns this off.",
     )
+    # The three tests above, weighed together. Off by default: the scale of the sum depends
+    # on the model, so a model carries its own value (`claudio-train clap-check --set`).
+    # For the shipped recipe (bench/README.md, "Weighing the clap check's evidence"),
+    # cross-validated with the threshold chosen on the other three folds for each fold:
+    # false triggers 38 -> 18 (1.75 -> 0.83 an hour) at the same exact 2- and 3-clap F1 at
+    # 20 and 10 dB.
+    min_clap_evidence: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="The clap label's score on the pattern, plus the claps' own average "
+        "(each heard alone, as for min_single_clap_score), less the clap score of the audio "
+        "around it (as for min_clap_rise) must reach this (0 turns it off). Unset: the "
+        "model's own value where it carries one.",
+    )
     classify_margin_s: float = Field(
         0.3,
         ge=0.0,

@@ -24,6 +24,13 @@ more of the same, which the model hears as clap-like too. The audio before never
 back to the claps of the pattern before (a command tried again soon after a missed one is
 not a continuation of it); the audio after holds no clap by construction (the end silence
 is what decided the pattern), so it costs no latency.
+
+Each of those tests draws a hard line on one score, yet the evidence adds up: over a
+vacuum cleaner a real command's pattern may score 0.65 while each clap alone sounds
+clearly like a clap and the room around it does not; a can's crack and fizz score 0.8 as a
+pattern, but its two "claps" alone sound like something else. So the three are also
+weighed together (`min_clap_evidence`): the pattern's clap score, plus its claps' own
+average, less the clap score of the audio around it.
 """
 
 from __future__ import annotations
@@ -115,7 +122,13 @@ class ClapVerifier:
     @property
     def checks_context(self) -> bool:
         """Whether `check` wants the scores of the audio around the pattern."""
-        return self.active and self.settings.min_clap_rise > 0
+        s = self.settings
+        return self.active and (s.min_clap_rise > 0 or s.min_clap_evidence > 0)
+
+    @property
+    def weighs_evidence(self) -> bool:
+        """Whether `check` weighs the pattern, its claps and its surroundings together."""
+        return self.active and self.settings.min_clap_evidence > 0
 
     def check(
         self,
@@ -130,20 +143,28 @@ class ClapVerifier:
         `context` the scores of the audio around the pattern by side (`context_spans`; a
         side with too little audio is missing); both are called only for a pattern that
         passes as a whole, as they can lower its count or reject it, never accept it. Left
-        out, the pattern is judged without them.
+        out, the pattern is judged without them (in the weighed evidence, the pattern's own
+        score stands in for its claps', and no surroundings take anything off).
         """
         verdict = self.verify(scores)
         if not verdict.accepted:
             return None, verdict
+        around: Mapping[str, Scores] = {}
         if context is not None and self.checks_context:
-            verdict = self._check_context(verdict, context())
+            around = context()
+            verdict = self._check_context(verdict, around)
             if not verdict.accepted:
                 return None, verdict
-        if each is None or not self.checks_each_clap:
-            return pattern, verdict
-        own_scores = each()
-        if len(own_scores) != pattern.count:
+        wants_each = self.checks_each_clap or self.weighs_evidence
+        own_scores = each() if each is not None and wants_each else None
+        if own_scores is not None and len(own_scores) != pattern.count:
             raise ValueError(f"{len(own_scores)} clap scores for a pattern of {pattern.count}")
+        if self.weighs_evidence:
+            verdict = self._weigh(verdict, own_scores, around)
+            if not verdict.accepted:
+                return None, verdict
+        if own_scores is None or not self.checks_each_clap:
+            return pattern, verdict
         others = {}
         for k, own in enumerate(own_scores):
             clap = self._clap_like(own)
@@ -178,6 +199,28 @@ class ClapVerifier:
             )
             return dataclasses.replace(verdict, accepted=False, reason=reason)
         return verdict
+
+    def _weigh(
+        self, verdict: Verdict, own: Sequence[Scores] | None, around: Mapping[str, Scores]
+    ) -> Verdict:
+        """The pattern's clap score, plus its claps' own average (the pattern's score stands
+        in when they were not heard), less the most clap-like of its surroundings (none
+        heard: nothing taken off)."""
+        if verdict.clap_score is None:
+            return verdict
+        claps = sum(self._clap_like(o) for o in own) / len(own) if own else verdict.clap_score
+        side = max(around, key=lambda k: self._clap_like(around[k]), default=None)
+        was = self._clap_like(around[side]) if side is not None else 0.0
+        evidence = verdict.clap_score + claps - was
+        need = self.settings.min_clap_evidence
+        if evidence >= need:
+            return verdict
+        where = f" - audio {side} it {was:.2f}" if side is not None else ""
+        reason = (
+            f"{self.clap_label} {verdict.clap_score:.2f} + claps alone {claps:.2f}{where} = "
+            f"{evidence:.2f} < {need:.2f}"
+        )
+        return dataclasses.replace(verdict, accepted=False, reason=reason)
 
     def verify(self, scores: Mapping[str, float]) -> Verdict:
         s = self.settings

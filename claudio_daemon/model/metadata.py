@@ -21,7 +21,10 @@ CLAP_CHECK_KEYS: tuple[str, ...] = (
     "min_clap_rise",
     "veto_margin",
     "veto_min_score",
+    "min_clap_evidence",
 )
+#: Where a clap-check value may lie: probabilities, except a sum of them.
+CLAP_CHECK_RANGES: dict[str, tuple[float, float]] = {"min_clap_evidence": (0.0, 2.0)}
 
 
 class ModelMetadataError(ValueError):
@@ -116,7 +119,7 @@ class ModelMetadata:
 
 
 def parse_clap_check(values: object) -> dict[str, float]:
-    """Validate a clap-check operating point: known keys, probabilities in [0, 1]."""
+    """Validate a clap-check operating point: known keys, each in its range."""
     if not isinstance(values, dict):
         raise ModelMetadataError(f"{PREFIX}clap_check must be a JSON object, got {values!r}")
     out: dict[str, float] = {}
@@ -127,7 +130,10 @@ def parse_clap_check(values: object) -> dict[str, float]:
             )
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ModelMetadataError(f"{PREFIX}clap_check.{key} must be a number, got {value!r}")
-        if not 0.0 <= float(value) <= 1.0:
-            raise ModelMetadataError(f"{PREFIX}clap_check.{key} must be in [0, 1], got {value}")
+        lo, hi = CLAP_CHECK_RANGES.get(key, (0.0, 1.0))
+        if not lo <= float(value) <= hi:
+            raise ModelMetadataError(
+                f"{PREFIX}clap_check.{key} must be in [{lo:g}, {hi:g}], got {value}"
+            )
         out[key] = float(value)
     return out
