@@ -113,8 +113,9 @@ class ClapSettings(StrictModel):
     # 5,000 Hz takes the detector's false patterns from 280 to 240 (can openings, whose
     # metal click is brighter than any clap, 70 to 49) and loses no clap command at any SNR
     # (bench/results/detector-centroid); the brightest ESC-50 clap measures 3,950 Hz, and
-    # real claps brighter than that are likely, so it waits for a cross-validated
-    # measurement (bench/README.md) before it becomes a default.
+    # real claps brighter than that are likely. Cross-validated, behind the clap check that
+    # weighs its evidence, it let the same 14 false triggers through (cv-cen5000.md), so it
+    # stays off.
     max_centroid_hz: float | None = Field(
         None,
         ge=1000.0,
