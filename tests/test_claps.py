@@ -395,6 +395,17 @@ def test_the_evidence_is_weighed_together() -> None:
     three = _pattern(2.0, 2.3, 2.6)
     counted, verdict = v.check(three, CLAP, lambda: [CLAP, KEY, CLAP], lambda: quiet)
     assert counted is not None and counted.count == 2
+    # min_clap_rise 0 still turns the rise test off: surroundings more clap-like than the
+    # pattern only weigh in the sum (0.6 + 0.9 - 0.7 = 0.8).
+    weigh_only = ClapVerifier(
+        CLAP.keys(), ClapSettings(min_clap_evidence=0.5, min_clap_rise=0.0), SR
+    )
+    lively = {**QUIET, "clapping": 0.7}
+    pattern_06 = {**QUIET, "clap_pattern": 0.6}
+    counted, verdict = weigh_only.check(
+        two, pattern_06, lambda: [CLAP, CLAP], lambda: {**quiet, "after": lively}
+    )
+    assert counted == two and verdict.accepted, verdict.reason
     # Off by default, and then neither the claps alone nor the room are asked for it.
     off = ClapVerifier(CLAP.keys(), ClapSettings(min_clap_rise=0.0, min_single_clap_score=0), SR)
     assert not (off.weighs_evidence or off.checks_context or off.checks_each_clap)

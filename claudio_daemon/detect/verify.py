@@ -152,9 +152,10 @@ class ClapVerifier:
         around: Mapping[str, Scores] = {}
         if context is not None and self.checks_context:
             around = context()
-            verdict = self._check_context(verdict, around)
-            if not verdict.accepted:
-                return None, verdict
+            if self.settings.min_clap_rise > 0:
+                verdict = self._check_context(verdict, around)
+                if not verdict.accepted:
+                    return None, verdict
         wants_each = self.checks_each_clap or self.weighs_evidence
         own_scores = each() if each is not None and wants_each else None
         if own_scores is not None and len(own_scores) != pattern.count:
@@ -186,11 +187,16 @@ class ClapVerifier:
         """How much a piece of audio sounds like claps, on any clap label."""
         return max(float(scores.get(lab, 0.0)) for lab in self.single_clap_labels)
 
+    def _most_clap_like(self, around: Mapping[str, Scores]) -> tuple[str | None, float]:
+        """The side of the surroundings that sounds most like claps, and how much (None, 0.0
+        when none was heard)."""
+        side = max(around, key=lambda k: self._clap_like(around[k]), default=None)
+        return side, self._clap_like(around[side]) if side is not None else 0.0
+
     def _check_context(self, verdict: Verdict, around: Mapping[str, Scores]) -> Verdict:
         if not around or verdict.clap_score is None:
             return verdict
-        side = max(around, key=lambda k: self._clap_like(around[k]))
-        was = self._clap_like(around[side])
+        side, was = self._most_clap_like(around)
         rise = self.settings.min_clap_rise
         if verdict.clap_score - was < rise:
             reason = (
@@ -209,8 +215,7 @@ class ClapVerifier:
         if verdict.clap_score is None:
             return verdict
         claps = sum(self._clap_like(o) for o in own) / len(own) if own else verdict.clap_score
-        side = max(around, key=lambda k: self._clap_like(around[k]), default=None)
-        was = self._clap_like(around[side]) if side is not None else 0.0
+        side, was = self._most_clap_like(around)
         evidence = verdict.clap_score + claps - was
         need = self.settings.min_clap_evidence
         if evidence >= need:
