@@ -45,6 +45,8 @@ MODEL_DIRS = (
     # virtual environment sits beside models/ (/opt/claudio/.venv, /opt/claudio/models).
     Path(__file__).resolve().parent.parent / "models",
     Path(sys.prefix).resolve().parent / "models",
+    # A wheel (pip install claudio-*.whl, pipx): pyproject's data-files put it there.
+    Path(sys.prefix) / "share" / "claudio" / "models",
     Path("/usr/share/claudio/models"),
 )
 RULES_CANDIDATES = (Path("/etc/claudio/rules.yaml"), Path("rules.yaml"))
