@@ -102,6 +102,11 @@ class Pipeline:
         self._set_thresholds(rules)
         #: Whether the gate was open since the last classification point.
         self._active = False
+        #: The first full window is classified whatever the gate says: the gate takes the
+        #: first level it hears for the room's floor, so a sound already going on when the
+        #: stream starts (a siren, a vacuum cleaner, a baby crying through a restart) would
+        #: never open it.
+        self._first_look = True
         #: The gate's recent levels (window end sample, dBFS), as far back as the
         #: classifier's window reaches: a sound event tells how loud the loudest moment the
         #: classifier heard was, not how loud the room is when the model becomes sure (a
@@ -204,9 +209,11 @@ class Pipeline:
             out += self._process_piece(x[pos : pos + take])
             pos += take
             if self.stats.samples == point:
-                if self._active:
+                first = self._first_look and self.stats.samples >= self.cfg.clip_samples
+                if self._active or first:
                     out += self._classify()
                 self._active = False
+                self._first_look = self._first_look and not first
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 

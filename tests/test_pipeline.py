@@ -176,6 +176,19 @@ def test_rules_and_away_hear_windows_that_the_event_hold_keeps_back() -> None:
     assert [round(e.score, 2) for e in events if isinstance(e, Alert)] == [0.95]
 
 
+def test_a_sound_already_going_on_when_the_stream_starts_is_classified() -> None:
+    """The level gate takes the first level it hears for the room's floor: a siren that was
+    sounding when the daemon (re)started never opened it, and was never classified. The
+    first full window is classified whatever the gate says; after that the gate decides."""
+    x = _noise(-20.0, 12.0, 7)  # steady from the first sample to the last
+    pipeline = Pipeline(parse_rules(GLASS), ScriptedClassifier([0.95]))
+    events = _run(pipeline, x)
+    (sound,) = [e for e in events if isinstance(e, SoundEvent)]
+    clip = pipeline.cfg.clip_samples
+    assert clip <= sound.sample < clip + SR  # as soon as the model has a whole window
+    assert pipeline.stats.classifications == 1  # once: the steady sound keeps the gate shut
+
+
 def test_away_min_score_lowers_reporting_only_while_armed() -> None:
     # AWAY asks for glass at 0.5, below the 0.8 reporting threshold. Disarmed, a 0.6 guess
     # is no sound event (it would be published to MQTT and Home Assistant all day long);
@@ -208,14 +221,15 @@ away:
 def test_away_level_alerts_follow_away_settings_not_the_level_gate() -> None:
     # A -85 dBFS room, then a sound at -64 dBFS: below the gate's -60 dBFS limit, so the
     # classifier stays idle, but above both `min_level_db: -70` and floor + margin_db 20.
-    x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-64.0, 1.0, 2)])
+    x = np.concatenate([_noise(-85.0, 8.0, 1), _noise(-64.0, 1.0, 2)])
     for extra in ("  min_level_db: -70\n", ""):
         pipeline = Pipeline(parse_rules(AWAY_LEVEL + extra), ScriptedClassifier([]))
         events = _run(pipeline, x)
         alerts = [e for e in events if isinstance(e, Alert)]
         assert len(alerts) == 1 and alerts[0].label is None, extra
-        assert alerts[0].sample > 5 * SR and alerts[0].level_db > -65.0
-        assert pipeline.stats.classifications == 0  # no classifier for the quiet sound
+        assert alerts[0].sample > 8 * SR and alerts[0].level_db > -65.0
+        # The stream's first full window only (the quiet room), not the quiet sound.
+        assert pipeline.stats.classifications == 1
     # Below the threshold nothing alerts: -70 dBFS is only 15 dB above the floor.
     x = np.concatenate([_noise(-85.0, 5.0, 1), _noise(-70.0, 1.0, 2)])
     assert not [e for e in _run(Pipeline(parse_rules(AWAY_LEVEL), None), x) if isinstance(e, Alert)]
