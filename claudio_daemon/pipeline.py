@@ -102,10 +102,13 @@ class Pipeline:
         self._set_thresholds(rules)
         #: Whether the gate was open since the last classification point.
         self._active = False
-        #: The first full window is classified whatever the gate says: the gate takes the
-        #: first level it hears for the room's floor, so a sound already going on when the
-        #: stream starts (a siren, a vacuum cleaner, a baby crying through a restart) would
-        #: never open it.
+        #: The model hears full windows only (the input contract): a young stream's window
+        #: is mostly digital silence, which no room sounds like, and on it the model
+        #: guessed "breathing" at 0.9 for the first half second of a crow or a mouse click.
+        #: The first full window is then classified whatever the gate says: the gate takes
+        #: the first level it hears for the room's floor, so a sound already going on when
+        #: the stream starts (a siren, a vacuum cleaner, a baby crying through a restart)
+        #: would never open it, and what sounded while the window filled is heard there.
         self._first_look = True
         #: The gate's recent levels (window end sample, dBFS), as far back as the
         #: classifier's window reaches: a sound event tells how loud the loudest moment the
@@ -205,15 +208,19 @@ class Pipeline:
         pos = 0
         while pos < x.size:
             point = (self.stats.samples // every + 1) * every
+            if self._first_look and self.stats.samples < self.cfg.clip_samples:
+                point = min(point, self.cfg.clip_samples)  # the first full window exactly
             take = min(x.size - pos, point - self.stats.samples)
             out += self._process_piece(x[pos : pos + take])
             pos += take
             if self.stats.samples == point:
-                first = self._first_look and self.stats.samples >= self.cfg.clip_samples
-                if self._active or first:
+                if not self._first_look:
+                    if self._active:
+                        out += self._classify()
+                    self._active = False
+                elif self.stats.samples == self.cfg.clip_samples:
                     out += self._classify()
-                self._active = False
-                self._first_look = self._first_look and not first
+                    self._active = self._first_look = False
         self.stats.actions += sum(1 for e in out if isinstance(e, Action))
         return out
 
@@ -230,6 +237,9 @@ class Pipeline:
         a file cut off, or a sound in its last moments, would have been reported live; a
         replay must report them too. Silence, fed through the same path, decides them."""
         n = max(self.claps.drain_samples(), self._classify_every() + self.gate.window)
+        if self._first_look and self.stats.samples:
+            # A recording shorter than the model's window is heard whole, once.
+            n = max(n, self.cfg.clip_samples - self.stats.samples + self.gate.window)
         out = self.process(np.zeros(n, dtype=np.float32))
         self.stats.flushed += n
         return out
