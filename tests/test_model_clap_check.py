@@ -12,7 +12,12 @@ import pytest
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.events import ClapPattern
 from claudio_daemon.model.classifier import OnnxClassifier
-from claudio_daemon.model.metadata import ModelMetadata, ModelMetadataError
+from claudio_daemon.model.metadata import (
+    CLAP_CHECK_KEYS,
+    CLAP_CHECK_RANGES,
+    ModelMetadata,
+    ModelMetadataError,
+)
 from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import parse_rules
 from tests.fixtures.onnx_model import TINY_FRONTEND, build_tiny_onnx_model
@@ -26,6 +31,16 @@ def _meta(**check: object) -> ModelMetadata:
     return ModelMetadata(
         labels=("clapping",), frontend=TINY_FRONTEND, model_name="m", clap_check=check
     )  # type: ignore[arg-type]
+
+
+def test_a_model_may_carry_exactly_what_rules_yaml_may_set() -> None:
+    """The bounds are written twice, in ClapSettings (rules.yaml) and in the metadata
+    reader (which must not import the detector's settings): a value one side accepts and
+    the other refuses would make a model unloadable or a rules file unusable with it."""
+    for key in CLAP_CHECK_KEYS:
+        bounds = {type(m).__name__: m for m in ClapSettings.model_fields[key].metadata}
+        field_range = (float(bounds["Ge"].ge), float(bounds["Le"].le))
+        assert field_range == CLAP_CHECK_RANGES.get(key, (0.0, 1.0)), key
 
 
 def test_metadata_round_trip_and_errors() -> None:

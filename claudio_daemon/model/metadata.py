@@ -23,7 +23,8 @@ CLAP_CHECK_KEYS: tuple[str, ...] = (
     "veto_min_score",
     "min_clap_evidence",
 )
-#: Where a clap-check value may lie: probabilities, except a sum of them.
+#: Where a clap-check value may lie: probabilities, except a sum of them. ClapSettings
+#: says the same for rules.yaml (a test holds the two together).
 CLAP_CHECK_RANGES: dict[str, tuple[float, float]] = {"min_clap_evidence": (0.0, 2.0)}
 
 
