@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 #: Housekeeping (reload check, watchdog, status) runs this often, in audio seconds.
 HOUSEKEEPING_S = 0.5
 STATUS_S = 10.0
+#: Dropped audio is said at most this often (audio seconds), with the count since.
+OVERFLOW_REPORT_S = 60.0
 
 
 class Publisher(Protocol):
@@ -83,6 +85,8 @@ class Runner:
         self.commands: queue.SimpleQueue[RemoteCommand] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._source: AudioSource | None = None
+        self._overflows_said = 0
+        self._overflow_said_at: int | None = None
 
     # Called from paho's network thread.
     def on_command(self, command: RemoteCommand) -> None:
@@ -117,6 +121,7 @@ class Runner:
                 next_housekeeping = end + int(HOUSEKEEPING_S * sr)
                 if self.housekeeping is not None:
                     self.housekeeping()
+                self._say_overflows(source, end)
                 if self.notifier is not None:
                     self.notifier.watchdog()
                     if end >= next_status:
@@ -128,6 +133,27 @@ class Runner:
             for event in self.pipeline.finish():
                 self.dispatch(event)
         self._apply_commands()
+
+    def _say_overflows(self, source: AudioSource, now: int) -> None:
+        """Audio dropped because the loop fell behind the microphone (a Pi whose CPU is
+        busy elsewhere, a classifier too slow for it) loses claps without a trace: the
+        journal hears it, at most once a minute of audio, with the count since."""
+        dropped = source.overflows - self._overflows_said
+        if dropped <= 0:
+            return
+        every = int(OVERFLOW_REPORT_S * self.pipeline.sample_rate)
+        if self._overflow_said_at is not None and now - self._overflow_said_at < every:
+            return
+        log.warning(
+            "audio input: audio dropped %d time%s (%d since the start): this machine does "
+            "not keep up with the microphone, and claps may be missed; give the daemon more "
+            "CPU, or raise model.classify_every_s in rules.yaml",
+            dropped,
+            "" if dropped == 1 else "s",
+            source.overflows,
+        )
+        self._overflows_said = source.overflows
+        self._overflow_said_at = now
 
     def status_line(self, source: AudioSource) -> str:
         p = self.pipeline

@@ -374,3 +374,37 @@ def test_mic_source_averages_a_device_that_only_opens_in_stereo(
     mic._callback(right[:, None].copy(), right.size, None, None)
     np.testing.assert_allclose(mic._queue.get_nowait(), right / 2, atol=1e-7)
     np.testing.assert_allclose(mic._queue.get_nowait(), right)
+
+
+def test_audio_dropped_by_a_slow_loop_is_said_in_the_log(
+    pulse_server: PulseServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A loop that falls behind the microphone (here a housekeeping call that stalls for a
+    second, as a starved Pi would) loses audio from the callback's full queue; the
+    systemd status line counted it, the journal heard nothing."""
+    from claudio_daemon.pipeline import Pipeline
+    from claudio_daemon.rules.loader import parse_rules
+    from claudio_daemon.runner import Runner
+
+    mic = MicSource("pulse", RATE, native_rate=48000, queue_blocks=2)
+    stalls = [1.0]
+
+    def housekeeping() -> None:
+        if stalls:
+            time.sleep(stalls.pop())
+
+    runner = Runner(
+        Pipeline(parse_rules("audio: {calibration: null}\n"), None), housekeeping=housekeeping
+    )
+    stopper = threading.Timer(6.0, runner.stop)
+    stopper.start()
+    caplog.set_level(logging.WARNING, logger="claudio_daemon.runner")
+    try:
+        runner.run(mic)
+    finally:
+        stopper.cancel()
+    said = [r.getMessage() for r in caplog.records if "audio dropped" in r.getMessage()]
+    assert mic.overflows > 0
+    assert len(said) == 1, said  # once a minute of audio at most
+    assert "claps may be missed" in said[0] and "since the start" in said[0]

@@ -53,18 +53,26 @@ def test_wheel_installs_the_shipped_model_where_the_daemon_finds_it(tmp_path: Pa
     # wheel is in does it borrow this one's dependencies (a .pth line): nothing is
     # downloaded, and the editable install's own finder (a .pth inside the borrowed
     # folder) is not loaded.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps"]
-        + ["--no-compile", "--disable-pip-version-check", str(wheel)],
-        check=True,
-    )
-    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
-    (purelib / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # Isolated (-I), from tmp_path, in a clean environment: in the full suite pip once took
+    # the checkout's claudio for "already installed" (`python -m` puts the working folder
+    # on sys.path, and there lies claudio.egg-info).
     env = {k: v for k, v in os.environ.items() if k not in ("CLAUDIO_MODEL", "PYTHONPATH")}
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, cwd=tmp_path)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-m", "pip", "install", "--no-deps"]
+        + ["--no-compile", "--disable-pip-version-check", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    assert (purelib / "claudio_daemon" / "app.py").is_file(), install.stdout
+    (purelib / "borrowed.pth").write_text(sysconfig.get_path("purelib") + "\n")
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c"]
+        [str(venv / "bin" / "python"), "-I", "-c"]
         + ["from claudio_daemon import app; print(app.__file__); print(app.shipped_model())"],
         capture_output=True,
         text=True,
