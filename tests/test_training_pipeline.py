@@ -112,6 +112,26 @@ def test_fit_writes_checkpoints_and_history(trained, cache_dir: Path) -> None:
     assert "CC BY-NC" in ckpt["training_data"]["licence"]
 
 
+def test_the_logged_validation_is_what_evaluate_measures(trained, cache_dir: Path) -> None:
+    """Training autocasts (bf16 on a CPU that has it, fp16 on CUDA); validation used to as
+    well, so the logged val loss and mAP, and with them early stopping and best.pt, were
+    measured on another model than the one exported and run. (On a CPU without bf16 there
+    is no autocast and both sides agree either way.)"""
+    from torch.utils.data import DataLoader
+
+    from training.data import CachedDataset
+    from training.fit import build_model_from_checkpoint, predict_logits
+
+    history = json.loads((trained.last_checkpoint.parent / "history.json").read_text())
+    cache = Cache.open(cache_dir)
+    held_out = cache.indices_for_folds(["3"])
+    model = build_model_from_checkpoint(load_checkpoint(trained.last_checkpoint))
+    loader = DataLoader(CachedDataset(cache, held_out, augment=None), batch_size=4)
+    logits, targets = predict_logits(model, loader, torch.device("cpu"))
+    loss = torch.nn.BCEWithLogitsLoss()(torch.from_numpy(logits), torch.from_numpy(targets))
+    assert history[-1]["val_loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
 def test_resume_continues_exactly(cache_dir: Path, tmp_path: Path, trained) -> None:
     out = tmp_path / "run"
     first = fit(cache_dir, _cfg(out, max_steps=4))  # stops one batch into epoch 2

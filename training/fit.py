@@ -588,9 +588,9 @@ def fit(cache_dir: str | Path, cfg: FitConfig) -> FitResult:
         improved = False
         if dist.is_main:
             if len(val_ds):
-                logits, targets = predict_logits(
-                    unwrap(model), val_loader, device, use_amp, amp_dtype=amp_dtype
-                )
+                # Full precision, as `evaluate` and the exported model run: what picks
+                # best.pt and stops early is the model people get, not its bf16/fp16 twin.
+                logits, targets = predict_logits(unwrap(model), val_loader, device)
                 record["val_loss"] = float(
                     eval_criterion(torch.from_numpy(logits), torch.from_numpy(targets))
                 )
