@@ -115,6 +115,11 @@ class Pipeline:
         #: classifier heard was, not how loud the room is when the model becomes sure (a
         #: point or two after a short sound ended).
         self._levels: deque[tuple[int, float]] = deque()
+        #: Where the gate last opened after being shut (a window's start sample): a sound
+        #: event's level counts from there, so a quiet sound recognised seconds after a
+        #: loud one that still lies in the window does not take the loud one's level.
+        self._episode_start: int | None = None
+        self._gate_open = False
         self._last_reported: dict[str, int] = {}
         self._last_level_report = -(10**12)
         self._level_db = -120.0
@@ -249,6 +254,9 @@ class Pipeline:
         for end, level_db, floor_db, is_active in self.gate.push(x):
             self._level_db, self._floor_db = level_db, floor_db
             self._active = self._active or is_active
+            if is_active and not self._gate_open:
+                self._episode_start = end - self.gate.window
+            self._gate_open = is_active
             self._levels.append((end, level_db))
             reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
             # Every window while armed, not only while the gate is open: AWAY's own
@@ -308,7 +316,11 @@ class Pipeline:
         scores = self.classifier.scores(self.mel.window())
         hold = self.rules.sounds.hold_s * self.sample_rate
         thresholds = self._thresholds_away if self.engine.away else self._thresholds_home
-        loudest = max((db for _, db in self._levels), default=-120.0)
+        since = self._episode_start if self._episode_start is not None else -1
+        loudest = max(
+            (db for end, db in self._levels if end > since),
+            default=max((db for _, db in self._levels), default=-120.0),
+        )
         out: list[Event] = []
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < thresholds.get(label, 1.1):
