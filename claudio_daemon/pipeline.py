@@ -117,8 +117,9 @@ class Pipeline:
         self._levels: deque[tuple[int, float]] = deque()
         #: Where the gate last opened after being shut (a window's start sample): a sound
         #: event's level counts from there, so a quiet sound recognised seconds after a
-        #: loud one that still lies in the window does not take the loud one's level.
-        self._episode_start: int | None = None
+        #: loud one that still lies in the window does not take the loud one's level
+        #: (before the gate first opens: the whole window).
+        self._episode_start = -1
         self._gate_open = False
         self._last_reported: dict[str, int] = {}
         self._last_level_report = -(10**12)
@@ -316,11 +317,8 @@ class Pipeline:
         scores = self.classifier.scores(self.mel.window())
         hold = self.rules.sounds.hold_s * self.sample_rate
         thresholds = self._thresholds_away if self.engine.away else self._thresholds_home
-        since = self._episode_start if self._episode_start is not None else -1
-        loudest = max(
-            (db for end, db in self._levels if end > since),
-            default=max((db for _, db in self._levels), default=-120.0),
-        )
+        # The episode's first window may have left the deque; those after it never have.
+        loudest = max((db for end, db in self._levels if end > self._episode_start), default=-120.0)
         out: list[Event] = []
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < thresholds.get(label, 1.1):

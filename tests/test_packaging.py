@@ -49,13 +49,12 @@ def test_wheel_installs_the_shipped_model_where_the_daemon_finds_it(tmp_path: Pa
     assert any(n.endswith(f".data/data/share/claudio/models/{MODEL}") for n in names), names
 
     # A fresh environment with its own pip, so the install cannot touch this one (pip
-    # --prefix from here would uninstall this environment's claudio first). Only once the
-    # wheel is in does it borrow this one's dependencies (a .pth line): nothing is
+    # --prefix from here would uninstall this environment's claudio first), run isolated
+    # (-I) from tmp_path in a clean environment (from the checkout, `python -m` put its
+    # claudio.egg-info on sys.path and pip took claudio for "already installed"). Only once
+    # the wheel is in does it borrow this one's dependencies (a .pth line): nothing is
     # downloaded, and the editable install's own finder (a .pth inside the borrowed
     # folder) is not loaded.
-    # Isolated (-I), from tmp_path, in a clean environment: in the full suite pip once took
-    # the checkout's claudio for "already installed" (`python -m` puts the working folder
-    # on sys.path, and there lies claudio.egg-info).
     env = {k: v for k, v in os.environ.items() if k not in ("CLAUDIO_MODEL", "PYTHONPATH")}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env, cwd=tmp_path)
