@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from claudio_daemon.detect.claps import ClapDetector
+from claudio_daemon.detect.claps import ClapCandidate, ClapDetector
 from claudio_daemon.detect.settings import ClapSettings
 
 # One definition of "how loud" for the benchmark and the synthetic training clips.
@@ -46,6 +46,10 @@ SAMPLE_RATE = 22050
 EVENT_PRE_S = 0.02
 EVENT_PRE = int(round(EVENT_PRE_S * SAMPLE_RATE))
 EVENT_LEVEL_DB = -20.0
+#: The onset finder that cuts the events and picks the applause recordings keeps the
+#: look-back it was built with (`ClapDetector`'s `background_frames`), so a change to the
+#: detector under test does not change the scenes it is measured on.
+CUT_BACKGROUND_FRAMES = 3
 
 BACKGROUNDS = HOUSEHOLD_BACKGROUNDS
 #: Distractor classes played whole (a few seconds of the recording).
@@ -130,6 +134,12 @@ def load_clip(path: Path) -> np.ndarray:
 # --- cutting single events ---------------------------------------------------------------
 
 
+def _onsets(x: np.ndarray) -> list[ClapCandidate]:
+    """Every transient of a clean recording, as the scenes were always cut."""
+    detector = ClapDetector(ClapSettings(), SAMPLE_RATE, background_frames=CUT_BACKGROUND_FRAMES)
+    return detector.push(x)
+
+
 def cut_events(
     esc50_root: Roots,
     category: str,
@@ -148,7 +158,6 @@ def cut_events(
     Nothing else is asked of it: in particular not the detector's clap-shape test, so a
     benchmark built from these cuts does not only contain claps the detector already likes.
     """
-    settings = ClapSettings()
     n_len = int(length_s * SAMPLE_RATE)
     iso = int(isolation_s * SAMPLE_RATE)
     fade_in = int(0.004 * SAMPLE_RATE)
@@ -156,8 +165,7 @@ def cut_events(
     out: list[np.ndarray] = []
     for path in esc50_clips(esc50_root, category, folds):
         x = load_clip(path)
-        det = ClapDetector(settings, SAMPLE_RATE)
-        cands = det.push(np.concatenate([x, np.zeros(SAMPLE_RATE // 2, np.float32)]))
+        cands = _onsets(np.concatenate([x, np.zeros(SAMPLE_RATE // 2, np.float32)]))
         kept = 0
         for i, c in enumerate(cands):
             if kept >= max_per_clip:
@@ -384,10 +392,9 @@ def applause_clips(
     esc50_root: Roots, *, folds: Iterable[int] | None = None, min_claps: int = 6
 ) -> list[Path]:
     """`clapping` recordings with many transients (applause or rhythmic clapping)."""
-    settings = ClapSettings()
     out = []
     for path in esc50_clips(esc50_root, "clapping", folds):
-        cands = ClapDetector(settings, SAMPLE_RATE).push(load_clip(path))
+        cands = _onsets(load_clip(path))
         if len(cands) >= min_claps:
             out.append(path)
     return out

@@ -43,6 +43,12 @@ SLOW_ENV_S = 0.004
 RISE_DB = 8.0
 #: How many earlier frames the rise test compares against.
 RISE_FRAMES = 3
+#: How far back (frames, 29 ms) the rise test may reach for the background itself. A
+#: clap's first contact can lift the level 5 dB over rain 15 ms before its main burst:
+#: within three frames the burst rose only 7 dB over that contact and the clap was never
+#: heard. Reaching further back only to the background, never into the ring of an earlier
+#: transient, keeps a reverberant clap's second burst 120 ms on from becoming a "clap".
+BACKGROUND_FRAMES = 5
 #: Within the refractory time, a frame this much louder than the last onset's transient
 #: (up to the dip before this rise) is a new transient (a clap right after a clock tick),
 #: not the first one's ring.
@@ -232,9 +238,15 @@ class ClapDetector:
     candidates with an onset before `settled_sample` have then been returned.
     """
 
-    def __init__(self, settings: ClapSettings, sample_rate: int = 22050) -> None:
+    def __init__(
+        self,
+        settings: ClapSettings,
+        sample_rate: int = 22050,
+        background_frames: int = BACKGROUND_FRAMES,
+    ) -> None:
         self.settings = settings
         self.sample_rate = sample_rate
+        self.background_frames = max(RISE_FRAMES, background_frames)
         self.fir = highpass_fir(sample_rate, settings.highpass_hz)
         self.delay = (len(self.fir) - 1) // 2
         hop_s = HOP / sample_rate
@@ -255,7 +267,7 @@ class ClapDetector:
         self.raw = _History(self.raw.keep)
         self.hp = _History(self.hp.keep)
         self.floor_db: float | None = None
-        #: (frame start, level) of the last RISE_FRAMES frames.
+        #: (frame start, level) of the last `background_frames` frames.
         self._recent: list[tuple[int, float]] = []
         self._next_frame = 0  # start of the next hp frame to analyse
         self._last_onset = -(10**12)
@@ -309,7 +321,12 @@ class ClapDetector:
         if self.floor_db is None:
             self.floor_db = level
         floor = self.floor_db
-        quiet_at, quiet_before = min(self._recent, key=lambda f: f[1], default=(start, level))
+        quiet_at, quiet_before = min(
+            self._recent[-RISE_FRAMES:], key=lambda f: f[1], default=(start, level)
+        )
+        far_at, far_before = min(self._recent, key=lambda f: f[1], default=(start, level))
+        if far_before < min(quiet_before, floor + s.onset_threshold_db):
+            quiet_at, quiet_before = far_at, far_before
         refractory = start - self._last_onset < self._refractory
         preempts = refractory and level >= self._earlier_peak(quiet_at, quiet_before) + PREEMPT_DB
         is_onset = (
@@ -336,7 +353,7 @@ class ClapDetector:
         elif start > self._freeze_until:
             self.floor_db = floor + (level - floor) * self._up
         self._recent.append((start, level))
-        if len(self._recent) > RISE_FRAMES:
+        if len(self._recent) > self.background_frames:
             self._recent.pop(0)
 
     def _rise_needed(self, floor: float, quiet_before: float) -> float:
