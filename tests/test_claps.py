@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from claudio_daemon.detect.claps import BACKGROUND_FRAMES, ClapDetector
+from claudio_daemon.detect.claps import BACKGROUND_FRAMES, RISE_FRAMES, ClapDetector
 from claudio_daemon.detect.listener import ClapListener
 from claudio_daemon.detect.settings import ClapSettings
 from claudio_daemon.detect.verify import ClapVerifier, clap_spans, context_spans
@@ -520,7 +520,7 @@ def test_a_clap_whose_first_contact_rises_out_of_rain_is_heard() -> None:
     def found(background_frames: int) -> int:
         hits = 0
         for seed in range(4):
-            for shift in range(0, 128, 16):  # every alignment with the detector's frames
+            for shift in range(0, 128, 16):  # eight alignments within a 128-sample frame
                 rng = np.random.default_rng(seed)
                 x = 0.02 * rng.standard_normal(3 * SR)
                 t0, d = 2 * SR + shift, int(0.017 * SR)
@@ -532,7 +532,7 @@ def test_a_clap_whose_first_contact_rises_out_of_rain_is_heard() -> None:
         return hits
 
     assert found(BACKGROUND_FRAMES) == 32
-    assert found(3) < 16  # the three frames alone lost most of them
+    assert found(RISE_FRAMES) < 16  # the rise test's three frames alone lost most
 
 
 def test_a_clap_that_builds_up_right_after_a_keystroke_is_not_lost() -> None:
@@ -545,7 +545,7 @@ def test_a_clap_that_builds_up_right_after_a_keystroke_is_not_lost() -> None:
     env = np.where(t < 0.006, 10 ** (5 / 20), 10 ** (9.5 / 20))
     env = env * np.exp(-np.maximum(t - 0.006, 0) / 0.015) * np.minimum(t / 0.0005, 1)
     for seed in range(3):
-        for shift in range(0, 128, 16):  # every alignment with the detector's frames
+        for shift in range(0, 128, 16):  # eight alignments within a 128-sample frame
             rng = np.random.default_rng(seed)
             x = 0.001 * rng.standard_normal(2 * SR)
             t0 = SR + shift
