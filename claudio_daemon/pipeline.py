@@ -44,9 +44,12 @@ def _max_count(rules: RulesFile) -> int:
 class PipelineStats:
     """Counters for the service status line and the benchmark."""
 
+    #: Samples fed through `process` (heard, and the silence `finish` adds).
     samples: int = 0
     #: Silence fed by `finish` after the stream ended (counted in `samples`, never heard).
     flushed: int = 0
+    #: Audio the source lost (`skip`): not in `samples`, yet time that passed.
+    lost: int = 0
     classifications: int = 0
     patterns: int = 0
     sounds: int = 0
@@ -162,7 +165,7 @@ class Pipeline:
         self._thresholds_home, self._thresholds_away = home, away
 
     def _audio_clock(self, start: datetime) -> Callable[[], datetime]:
-        return lambda: start + timedelta(seconds=self.stats.samples / self.sample_rate)
+        return lambda: start + timedelta(seconds=self.stream_sample / self.sample_rate)
 
     def replace_rules(self, rules: RulesFile) -> None:
         """Live reload: keeps AWAY state and cooldowns, and the clap detector with its noise
@@ -194,7 +197,39 @@ class Pipeline:
             self._claps_origin = self.stats.samples
 
     def set_away(self, armed: bool, source: str) -> list[Event]:
-        return self.engine.set_away(armed, source, self.stats.samples)
+        return self.engine.set_away(armed, source, self.stream_sample)
+
+    @property
+    def stream_sample(self) -> int:
+        """Now, in samples since the stream started: what was heard and what was lost.
+        Every event carries this clock, so cooldowns and AWAY's timing follow real time
+        through a hole in the audio."""
+        return self.stats.samples + self.stats.lost
+
+    def skip(self, n: int) -> None:
+        """The source lost `n` samples here (the loop fell behind the microphone, or the
+        device was away for a while).
+
+        Claps are never counted across the hole: a pattern whose middle clap was lost
+        would otherwise become a shorter, valid command for another appliance, and claps
+        either side would look closer together than they were. Nor do claps just after it
+        count (`PatternGrouper.after_hole`). The clap detector starts afresh (it relearns
+        the room within a second); the level meter and the mel window simply go on, since
+        a splice in a 6 s window misleads neither.
+        """
+        if n <= 0:
+            return
+        pending = len(self.claps.grouper.pending)
+        if pending:
+            log.info(
+                "audio lost (%.2f s): the %d clap%s before it not counted",
+                n / self.sample_rate,
+                pending,
+                "" if pending == 1 else "s",
+            )
+        self.claps.after_hole()
+        self._claps_origin = self.stats.samples
+        self.stats.lost += n
 
     # ------------------------------------------------------------------ processing
 
@@ -259,7 +294,9 @@ class Pipeline:
                 self._episode_start = end - self.gate.window
             self._gate_open = is_active
             self._levels.append((end, level_db))
-            reading = LevelReading(level_db=level_db, noise_floor_db=floor_db, sample=end)
+            reading = LevelReading(
+                level_db=level_db, noise_floor_db=floor_db, sample=end + self.stats.lost
+            )
             # Every window while armed, not only while the gate is open: AWAY's own
             # min_level_db / margin_db may ask for quieter sounds than the gate's limits,
             # and the engine's comparison costs nothing next to the classifier.
@@ -299,10 +336,13 @@ class Pipeline:
         return np.where(bad, np.float32(0.0), x)
 
     def _on_stream_clock(self, pattern: ClapPattern) -> ClapPattern:
-        """Cooldowns, AWAY timing and event times count samples from the stream start."""
-        if not self._claps_origin:
+        """Cooldowns, AWAY timing and event times count samples from the stream start.
+
+        The listener counts from its own start (a reload, a hole in the audio), after every
+        loss so far."""
+        o = self._claps_origin + self.stats.lost
+        if not o:
             return pattern
-        o = self._claps_origin
         return replace(
             pattern,
             clap_samples=tuple(t + o for t in pattern.clap_samples),
@@ -323,7 +363,9 @@ class Pipeline:
         for label, score in sorted(scores.items(), key=lambda kv: -kv[1]):
             if score < thresholds.get(label, 1.1):
                 continue
-            event = SoundEvent(label=label, score=score, level_db=loudest, sample=now)
+            event = SoundEvent(
+                label=label, score=score, level_db=loudest, sample=now + self.stats.lost
+            )
             last = self._last_reported.get(label)
             self._last_reported[label] = now
             if last is None or now - last >= hold:

@@ -114,6 +114,7 @@ class Runner:
                 self.on_listening()
                 self.on_listening = None
             self._apply_commands()
+            self.pipeline.skip(block.gap_before)
             for event in self.pipeline.process(block.samples):
                 self.dispatch(event)
             end = block.start_sample + block.samples.size

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def _tone(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarra
 def _peak_freq(x: np.ndarray, rate: int) -> float:
     spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
     return float(np.argmax(spec) * rate / x.size)
+
+
+def _contiguous(blocks: list[AudioBlock]) -> bool:
+    """Each block starts where the last ended, plus the audio it says is missing."""
+    return all(a.end_sample + b.gap_before == b.start_sample for a, b in pairwise(blocks))
 
 
 def _db(x: np.ndarray) -> float:
@@ -291,8 +297,12 @@ def test_mic_source_survives_device_vanishing(pulse_server: PulseServer, tmp_pat
         mic.close()
         th.join(timeout=3)
     assert not th.is_alive()
-    starts = [b.start_sample for b in blocks]
-    assert starts == [i * 1024 for i in range(len(blocks))]  # no gap, no overlap in indices
+    assert blocks[0].start_sample == 0
+    # No overlap in indices, and the time the device was away is counted, not the audio
+    # alone: the first block after the reopen says how much is missing.
+    assert _contiguous(blocks)
+    holes = [b.gap_before for b in blocks if b.gap_before]
+    assert holes and sum(holes) > 1.0 * RATE, holes  # reopens in a row add up in one
     assert heard > -12, f"no tone after the reopen (loudest {heard:.1f} dB)"
 
 
@@ -372,8 +382,8 @@ def test_mic_source_averages_a_device_that_only_opens_in_stereo(
     right = _tone(1000, 48000, 0.1).astype(np.float32)
     mic._callback(np.stack([np.zeros_like(right), right], axis=1), right.size, None, None)
     mic._callback(right[:, None].copy(), right.size, None, None)
-    np.testing.assert_allclose(mic._queue.get_nowait(), right / 2, atol=1e-7)
-    np.testing.assert_allclose(mic._queue.get_nowait(), right)
+    np.testing.assert_allclose(mic._queue.get_nowait()[0], right / 2, atol=1e-7)
+    np.testing.assert_allclose(mic._queue.get_nowait()[0], right)
 
 
 def test_audio_dropped_by_a_slow_loop_is_said_in_the_log(
@@ -400,11 +410,61 @@ def test_audio_dropped_by_a_slow_loop_is_said_in_the_log(
     stopper = threading.Timer(6.0, runner.stop)
     stopper.start()
     caplog.set_level(logging.WARNING, logger="claudio_daemon.runner")
+    first: list[float] = []
+    runner.on_listening = lambda: first.append(time.monotonic())
     try:
         runner.run(mic)
     finally:
         stopper.cancel()
+    ran_s = time.monotonic() - first[0]  # from the first audio: opening the stream takes a while
     said = [r.getMessage() for r in caplog.records if "audio dropped" in r.getMessage()]
     assert mic.overflows > 0
     assert len(said) == 1, said  # once a minute of audio at most
     assert "claps may be missed" in said[0] and "since the start" in said[0]
+    # What was dropped still counts as time: the pipeline's clock keeps to the room's.
+    stats = runner.pipeline.stats
+    assert stats.lost > 0.5 * RATE  # most of the stalled second
+    heard_s, clock_s = stats.samples / RATE, runner.pipeline.stream_sample / RATE
+    assert heard_s < ran_s - 0.5 and abs(clock_s - ran_s) < 0.6, (heard_s, clock_s, ran_s)
+
+
+def test_reblocker_carries_a_hole_to_the_next_block() -> None:
+    from claudio_daemon.audio.source import _Reblocker
+
+    r = _Reblocker(4)
+    out = list(r.push(np.arange(6, dtype=np.float32)))
+    out += list(r.skip(10))  # the two collected samples go out at once, short
+    out += list(r.push(np.arange(5, dtype=np.float32)))
+    out += [r.rest()]
+    assert [(b.start_sample, b.samples.size, b.gap_before) for b in out] == [
+        (0, 4, 0),
+        (4, 2, 0),
+        (16, 4, 10),
+        (20, 1, 0),
+    ]
+    assert _contiguous(out)
+
+
+def test_mic_source_blocks_count_dropped_audio_as_time(
+    pulse_server: PulseServer,  # noqa: F811
+) -> None:
+    """Blocks after audio the consumer was too slow for start that much later and say so
+    (`gap_before`), so claps either side of the hole are never timed as if adjacent."""
+    mic = MicSource("pulse", RATE, block_size=1024, native_rate=48000, queue_blocks=2)
+    blocks: list[AudioBlock] = []
+    t0 = 0.0
+    for block in mic.blocks():
+        if not blocks:
+            t0 = time.monotonic()
+            time.sleep(1.0)  # a stalled loop: the queue of two device chunks overflows
+        blocks.append(block)
+        if time.monotonic() - t0 > 2.5:
+            mic.close()
+    ran_s = time.monotonic() - t0
+    holes = [b.gap_before for b in blocks if b.gap_before]
+    assert mic.overflows > 0 and holes, "nothing was dropped"
+    assert sum(holes) > 0.5 * RATE
+    assert _contiguous(blocks)
+    heard = sum(b.samples.size for b in blocks) / RATE
+    clock = (blocks[-1].end_sample - blocks[0].start_sample) / RATE
+    assert heard < ran_s - 0.5 and abs(clock - ran_s) < 0.5, (heard, clock, ran_s)

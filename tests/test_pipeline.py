@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from claudio_daemon.calibrate.model import Calibration
-from claudio_daemon.events import Action, Alert, ClapPattern, SoundEvent
+from claudio_daemon.events import Action, Alert, ClapPattern, LevelReading, SoundEvent
 from claudio_daemon.features.frontend import FrontEndConfig
 from claudio_daemon.pipeline import Pipeline
 from claudio_daemon.rules.loader import parse_rules
@@ -84,6 +84,62 @@ def test_a_reload_that_changes_the_detector_keeps_the_stream_clock() -> None:
     assert [round(p.clap_samples[0] / SR, 1) for p in patterns] == [5.0, 31.0]
     assert all(p.decided_sample > p.clap_samples[-1] for p in patterns)
     assert [a.sample for a in events if isinstance(a, Action)] == [p.sample for p in patterns]
+
+
+def _run_with_hole(pipeline: Pipeline, x: np.ndarray, hole_s: tuple[float, float]) -> list:
+    """`x` as a microphone whose audio between the two times was dropped (the loop fell
+    behind): the pipeline hears the rest, and is told how much is missing."""
+    a, b = (int(t * SR) for t in hole_s)
+    events = _run(pipeline, x[:a])
+    pipeline.skip(b - a)
+    return events + _run(pipeline, x[b:])
+
+
+THREE_RULES = RULES + "  - {claps: 3, actions: [lamp: 'on']}\n"
+
+
+def test_claps_are_never_counted_across_audio_the_source_lost(caplog) -> None:
+    # Three claps for the "on" rule, the middle one lost in a hole: the two left must not
+    # become the two-clap toggle, however close they sound with the hole cut out.
+    x = scene([5.0, 5.45, 5.9], 9.0).astype(np.float32)
+    caplog.set_level(logging.INFO, logger="claudio_daemon.pipeline")
+
+    def counts(events: list) -> list[int]:
+        return [e.count for e in events if isinstance(e, ClapPattern)]
+
+    assert counts(_run(Pipeline(parse_rules(THREE_RULES), None), x)) == [3]
+    events = _run_with_hole(Pipeline(parse_rules(THREE_RULES), None), x, (5.3, 5.6))
+    assert [e for e in events if isinstance(e, ClapPattern | Action)] == []
+    assert "audio lost (0.30 s): the 1 clap before it not counted" in caplog.text
+    # The first two lost: the last one alone is no single clap either (it may end a
+    # pattern the hole swallowed), nor does a second one after it make a pair.
+    y = scene([5.0, 5.45, 5.9, 6.3], 9.0).astype(np.float32)
+    assert counts(_run(Pipeline(parse_rules(THREE_RULES), None), y)) == []  # four: applause
+    assert counts(_run_with_hole(Pipeline(parse_rules(THREE_RULES), None), y, (4.8, 5.7))) == []
+    # Fed without saying so, the splice is what the daemon used to do: a wrong command.
+    blind = Pipeline(parse_rules(THREE_RULES), None)
+    spliced = np.concatenate([x[: int(5.3 * SR)], x[int(5.6 * SR) :]])
+    assert counts(_run(blind, spliced)) == [2]
+
+
+def test_after_lost_audio_events_keep_the_stream_clock() -> None:
+    # Claps after a hole are heard as ever, at the time they happened: cooldowns, AWAY
+    # timing and event times follow real time, not only the audio that arrived.
+    x = scene([2.0, 2.4, 8.0, 8.4], 11.0).astype(np.float32)
+    whole = [e for e in _run(Pipeline(parse_rules(RULES), None), x) if isinstance(e, ClapPattern)]
+    pipeline = Pipeline(parse_rules(RULES), None)
+    events = _run_with_hole(pipeline, x, (4.0, 5.5))
+    patterns = [e for e in events if isinstance(e, ClapPattern)]
+    assert [p.count for p in patterns] == [p.count for p in whole] == [2, 2]
+    for got, want in zip(patterns, whole, strict=True):
+        assert np.abs(np.subtract(got.clap_samples, want.clap_samples)).max() <= 64
+        assert abs(got.decided_sample - want.decided_sample) <= 2048
+    assert [a.sample for a in events if isinstance(a, Action)] == [p.sample for p in patterns]
+    assert pipeline.stream_sample == x.size - int(1.5 * SR) + pipeline.stats.lost
+    assert pipeline.stats.lost == int(5.5 * SR) - int(4.0 * SR)
+    readings = [e.sample for e in events if isinstance(e, LevelReading)]
+    assert readings and readings[-1] > int(5.5 * SR)  # on the stream clock too
+    assert all(b > a for a, b in zip(readings[:-1], readings[1:], strict=False))
 
 
 def test_rules_without_a_clap_trigger_still_hear_claps_for_away_mode() -> None:

@@ -38,6 +38,10 @@ class AudioBlock:
     samples: np.ndarray
     #: Index of samples[0], in target-rate samples from the start of the stream.
     start_sample: int
+    #: Audio lost just before this block (target-rate samples, already counted in
+    #: `start_sample`): the source dropped it, or the device was away. What came before
+    #: does not continue into this block, so nothing may be timed across the two.
+    gap_before: int = 0
 
     @property
     def end_sample(self) -> int:
@@ -75,6 +79,7 @@ class _Reblocker:
         self._buf = np.zeros(block_size, dtype=np.float32)
         self._fill = 0
         self.next_start = 0
+        self._gap = 0
 
     def push(self, x: np.ndarray) -> Iterator[AudioBlock]:
         pos = 0
@@ -86,13 +91,28 @@ class _Reblocker:
             if self._fill == self.block_size:
                 yield self._emit()
 
+    @property
+    def filled(self) -> int:
+        """Samples collected towards the next block."""
+        return self._fill
+
     def rest(self) -> AudioBlock | None:
         return self._emit() if self._fill else None
 
+    def skip(self, n: int) -> Iterator[AudioBlock]:
+        """`n` samples are missing here: what was collected goes out as a short block, and
+        the next block starts `n` samples later, saying so in its `gap_before`."""
+        last = self.rest()
+        if last is not None:
+            yield last
+        self.next_start += n
+        self._gap += n
+
     def _emit(self) -> AudioBlock:
-        block = AudioBlock(self._buf[: self._fill].copy(), self.next_start)
+        block = AudioBlock(self._buf[: self._fill].copy(), self.next_start, self._gap)
         self.next_start += self._fill
         self._fill = 0
+        self._gap = 0
         return block
 
 
@@ -318,10 +338,11 @@ class MicSource:
     the device by name so a re-plugged USB microphone is found again. With `wait_for_device`
     a microphone that is missing or busy at start-up is waited for the same way (the
     service: a USB microphone plugged in after boot), and `on_waiting` hears why, once.
-    Sample indices keep counting the audio actually received: the gap is not filled with
-    silence, so after a reopen time continues from the new audio (timings inside a pattern
-    spanning the gap are lost, which is harmless because patterns are far shorter than a
-    reopen).
+    Sample indices count time, not only the audio received. Audio dropped because the
+    consumer fell behind is counted exactly (in device frames); a reopen counts the time the
+    device was away. The block after either says how much is missing (`gap_before`) and is
+    not filled with silence: silence would read as a sudden quiet room, and two claps
+    either side of a hole would look closer together than they were.
     """
 
     def __init__(
@@ -355,7 +376,10 @@ class MicSource:
             self.device = InputDevice(-1, name, 1, 0.0, False)
         rate = self._fixed_rate or int(round(self.device.default_rate))
         self.native_rate = rate or self.sample_rate
-        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=queue_blocks)
+        #: (audio, frames dropped before it since the start): the callback's only writer
+        #: of `_dropped_frames`, so the consumer learns where each hole is.
+        self._queue: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(maxsize=queue_blocks)
+        self._dropped_frames = 0
         self._backoff = Backoff(reopen_backoff[0], reopen_backoff[1], healthy_s)
         self._stall_s = stall_s
         # A fixed 100 ms: PortAudio's "low" starves ALSA's pulse plugin (audio arrives in
@@ -397,9 +421,10 @@ class MicSource:
         else:
             mono = indata.mean(axis=1, dtype=np.float32)
         try:
-            self._queue.put_nowait(mono)
+            self._queue.put_nowait((mono, self._dropped_frames))
         except queue.Full:
             self._overflows += 1
+            self._dropped_frames += frames
 
     def _open(self) -> Any:
         sd = _sd()
@@ -507,16 +532,23 @@ class MicSource:
         resampler = StreamingResampler(self.native_rate, self.sample_rate)
         reblock = _Reblocker(self.block_size)
         opened = last_audio = time.monotonic()
+        dropped_seen = self._dropped_frames
         try:
             while not self._closed.is_set():
                 try:
-                    data = self._queue.get(timeout=0.1)
+                    data, dropped = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     data = None
                     self._beat()
                 if data is not None:
                     last_audio = time.monotonic()
                     self._backoff.flowing(last_audio - opened)
+                    if dropped != dropped_seen:
+                        lost = (dropped - dropped_seen) * self.sample_rate / self.native_rate
+                        dropped_seen = dropped
+                        # The filter's tail belongs to the audio before the hole.
+                        yield from reblock.push(resampler.flush())
+                        yield from reblock.skip(max(1, round(lost)))
                     yield from reblock.push(resampler.process(data))
                     continue
                 failed = self._stream_ended.is_set() or not stream.active
@@ -537,6 +569,12 @@ class MicSource:
                     return
                 if resampler.in_rate != self.native_rate:
                     resampler = StreamingResampler(self.native_rate, self.sample_rate)
+                if reblock.next_start or reblock.filled:
+                    # The time the device was away (the new stream's latency aside); a
+                    # stream that never delivered has no time to count yet.
+                    away_s = time.monotonic() - last_audio
+                    yield from reblock.skip(max(1, round(away_s * self.sample_rate)))
+                dropped_seen = self._dropped_frames
                 opened = last_audio = time.monotonic()
         finally:
             if stream is not None:

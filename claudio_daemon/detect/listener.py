@@ -90,6 +90,12 @@ class ClapListener:
         #: pattern's surroundings never reach back into the one before (`context_spans`).
         self._pattern_ends: deque[int] = deque(maxlen=16)
 
+    def after_hole(self) -> None:
+        """Audio was lost (`Pipeline.skip`): start afresh, counting from zero, and never
+        count claps across the hole."""
+        self.reset()
+        self.grouper.after_hole(0)
+
     @property
     def noise_floor_db(self) -> float:
         return self.detector.noise_floor_db

@@ -79,6 +79,15 @@ class PatternGrouper:
         #: Every transient (onset sample, level) recent enough to neighbour a group.
         self._transients: deque[tuple[int, float]] = deque()
 
+    def after_hole(self, sample: int) -> None:
+        """Audio before `sample` was lost. A clap within `max_gap_s` after it may be the
+        last of a pattern whose first claps fell into the hole (two heard of a lost three
+        would make another command), so it is taken like clapping that went on: ignored,
+        with whatever follows it, until a gap shows the clapping over."""
+        self._group = []
+        self._emitted_last = int(sample)
+        self._emitted_level = -200.0
+
     def set_max_count(self, n: int) -> None:
         """The largest clap count any rule uses (the rules may change at run time)."""
         if n < 1:
