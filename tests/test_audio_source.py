@@ -386,6 +386,22 @@ def test_mic_source_averages_a_device_that_only_opens_in_stereo(
     np.testing.assert_allclose(mic._queue.get_nowait()[0], right)
 
 
+def test_a_driver_overflow_marks_a_hole_before_the_chunk_after_it(
+    pulse_server: PulseServer,  # noqa: F811
+) -> None:
+    """PortAudio says it lost input but not how much: the chunk after it still carries a
+    hole, so the pipeline never counts claps across it."""
+    import sounddevice as sd
+
+    mic = MicSource("pulse", RATE, native_rate=48000)
+    chunk = _tone(1000, 48000, 0.05)[:, None].copy()
+    mic._callback(chunk, chunk.shape[0], None, sd.CallbackFlags())
+    mic._callback(chunk, chunk.shape[0], None, sd.CallbackFlags(2))  # paInputOverflow
+    mic._callback(chunk, chunk.shape[0], None, sd.CallbackFlags())
+    tags = [mic._queue.get_nowait()[1] for _ in range(3)]
+    assert tags[1] > tags[0] and tags[2] == tags[1] and mic.overflows == 1
+
+
 def test_audio_dropped_by_a_slow_loop_is_said_in_the_log(
     pulse_server: PulseServer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,

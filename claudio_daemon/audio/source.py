@@ -340,9 +340,10 @@ class MicSource:
     service: a USB microphone plugged in after boot), and `on_waiting` hears why, once.
     Sample indices count time, not only the audio received. Audio dropped because the
     consumer fell behind is counted exactly (in device frames); a reopen counts the time the
-    device was away. The block after either says how much is missing (`gap_before`) and is
-    not filled with silence: silence would read as a sudden quiet room, and two claps
-    either side of a hole would look closer together than they were.
+    device was away; an overflow in the driver only marks where audio is missing. The block
+    after a hole says how much is missing (`gap_before`) and is not filled with silence:
+    silence would read as a sudden quiet room, and two claps either side of a hole would
+    look closer together than they were.
     """
 
     def __init__(
@@ -413,7 +414,11 @@ class MicSource:
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if status and status.input_overflow:
+            # The driver lost audio before this chunk; how much it does not say. A frame
+            # marks the hole, so no clap pattern is counted across it (the clock loses the
+            # rest, as before).
             self._overflows += 1
+            self._dropped_frames += 1
         # Channels are averaged, as files are (and the training clips were): a device that
         # only opens in stereo and has a dead left channel must not leave us deaf.
         if indata.shape[1] == 1:
