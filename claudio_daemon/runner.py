@@ -164,6 +164,8 @@ class Runner:
             f"{s.patterns} clap patterns, {s.sounds} sounds, {s.actions} actions; "
             f"AWAY {'armed' if p.engine.away else 'off'}; overflows {source.overflows}"
         )
+        if s.lost:
+            line += f" ({s.lost / p.sample_rate:.1f} s of audio lost)"
         note = self.status_note() if self.status_note is not None else None
         return f"{line}; {note}" if note else line
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from itertools import pairwise
@@ -442,6 +443,8 @@ def test_audio_dropped_by_a_slow_loop_is_said_in_the_log(
     assert stats.lost > 0.5 * RATE  # most of the stalled second
     heard_s, clock_s = stats.samples / RATE, runner.pipeline.stream_sample / RATE
     assert heard_s < ran_s - 0.5 and abs(clock_s - ran_s) < 0.6, (heard_s, clock_s, ran_s)
+    # `systemctl status` shows it too.
+    assert re.search(r"overflows \d+ \([\d.]+ s of audio lost\)", runner.status_line(mic))
 
 
 def test_reblocker_carries_a_hole_to_the_next_block() -> None:

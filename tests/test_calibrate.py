@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -377,6 +378,37 @@ def test_live_calibration_through_pulseaudio(
     assert "Listening on" in "".join(err_lines) and "pulse" in "".join(err_lines)
     _check_calibration(out, recording, stdout)
     assert load_calibration(out).device == "pulse"
+
+
+def test_audio_lost_while_measuring_fails_the_calibration(
+    pulse_server: PulseServer,  # noqa: F811
+) -> None:
+    """A hole in the audio (a driver overflow, as PortAudio reports one, into a real
+    stream) would time the claps either side of it as adjacent and propose gaps from that:
+    the calibration stops, says why, and writes nothing."""
+    import sounddevice as sd
+
+    from claudio_daemon.audio.source import MicSource
+    from claudio_daemon.calibrate.session import LevelMeter, _measure
+
+    mic = MicSource("pulse", SAMPLE_RATE, native_rate=48000)
+    err = io.StringIO()
+
+    def overflow_once_listening() -> None:
+        deadline = time.monotonic() + 20
+        while "keep quiet" not in err.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        chunk = np.zeros((480, 1), dtype=np.float32)
+        mic._callback(chunk, chunk.shape[0], None, sd.CallbackFlags(2))  # paInputOverflow
+
+    th = threading.Thread(target=overflow_once_listening, daemon=True)
+    th.start()
+    opts = CalibrateOptions(noise_seconds=3.0, clap_seconds=5.0)
+    meter = LevelMeter(err, enabled=False)
+    with pytest.raises(CalibrationFailed, match="pulse: audio was lost while measuring") as exc:
+        _measure(mic, ClapSettings(), opts, err, meter, "pulse")
+    th.join(timeout=5)
+    assert exc.value.code == 1 and "run calibrate again" in str(exc.value)
 
 
 @pytest.fixture(scope="module")

@@ -236,6 +236,17 @@ def _measure(
         for block in source.blocks():
             if watchdog is not None:
                 watchdog.fed()
+            if block.gap_before and announced_listening:
+                # Claps either side of the hole would be timed as if adjacent, and the
+                # proposal would set the gaps from that.
+                gap_s = block.gap_before / sr
+                raise CalibrationFailed(
+                    f"{where}: audio was lost while measuring"
+                    + (f" ({gap_s:.1f} s)" if gap_s >= 0.1 else "")
+                    + " (the microphone dropped out, or this machine did not keep up); "
+                    "nothing was written: run calibrate again",
+                    1,
+                )
             if not announced_listening:
                 say(f"Listening on {where}.")
                 say(f"Measuring the background for {opts.noise_seconds:g} s: please keep quiet.")
