@@ -561,7 +561,7 @@ def send_away(rules_path: Path, armed: bool) -> str:
     returns the topic. UserError when no daemon answered: the broker takes a command
     whether or not anyone listens, and "sent" must not read as "the house is armed"."""
     from claudio_daemon.mqtt.publisher import Confirm, publish_once
-    from claudio_daemon.mqtt.topics import STATE_OFF, STATE_ON, Topics
+    from claudio_daemon.mqtt.topics import ONLINE, STATE_OFF, STATE_ON, Topics
     from claudio_daemon.rules.secrets import SecretError
 
     rules = load_rules_or_fail(rules_path)
@@ -583,6 +583,17 @@ def send_away(rules_path: Path, armed: bool) -> str:
         raise UserError(
             f"could not reach the MQTT broker at {rules.mqtt.host}:{rules.mqtt.port}: {exc}"
         ) from exc
+    if answer is not None and not answer.confirmed and answer.available == ONLINE:
+        # A daemon that is up answers within a second. Mosquitto neither refuses a
+        # subscription its ACL denies nor an unauthorised publish (MQTT 3.1.1): both are
+        # silent, and "is it running?" would send the user to look in the wrong place.
+        who = f"user '{rules.mqtt.username}'" if rules.mqtt.username else "anonymous clients"
+        raise UserError(
+            f"sent to {topics.away_set}, but no answer came within {AWAY_CONFIRM_S:g} s "
+            f"although the daemon is online (it says so on {topics.available}): the broker "
+            f"may not let {who} publish to {topics.away_set} or read {topics.away_state}; "
+            "check its ACL (the command may have been applied)"
+        )
     if answer is None or not answer.confirmed:
         said = (
             f"it last said '{answer.available}' on {topics.available}"

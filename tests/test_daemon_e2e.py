@@ -383,6 +383,51 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     assert "AWAY armed (restored: set by mqtt at " in err
 
 
+def test_away_from_a_shell_that_the_broker_acl_keeps_deaf_says_so(
+    scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """A broker whose ACL lets a client send the command but not read the daemon's state
+    (Mosquitto grants the subscription and delivers nothing) left `away on` saying "is
+    claudio-daemon running?" while the daemon was online and had armed the house."""
+    from tests.fixtures.broker import running_broker
+
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "topic write #\n"  # the daemon publishes events, state and device commands
+        "topic readwrite claudio/away/set\n"
+        "topic readwrite claudio/available\n"  # claudio/away/state: write only
+    )
+    with running_broker(tmp_path / "mosquitto", f"acl_file {acl}") as broker:
+        rules = write_rules(tmp_path / "rules.yaml", port=broker.port, model=tiny_onnx_model)
+        notify = NotifySocket(tmp_path)
+        daemon = Daemon(
+            ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
+            env={"NOTIFY_SOCKET": str(notify.path)},
+        )
+        try:
+            notify.wait_for("READY=1")
+            sent = subprocess.run(
+                daemon_cmd("away", "on", "--rules", str(rules)),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            daemon.terminate()
+            code, _, err = daemon.wait(timeout=60)
+        finally:
+            daemon.kill()
+            notify.close()
+    assert code == 0, err
+    assert "AWAY armed (mqtt)" in err  # the command arrived; only its answer was not heard
+    assert sent.returncode == 2, sent.stdout
+    assert "although the daemon is online (it says so on claudio/available)" in sent.stderr
+    assert (
+        "the broker may not let anonymous clients publish to claudio/away/set or read "
+        "claudio/away/state; check its ACL"
+    ) in sent.stderr
+
+
 def test_a_new_node_id_withdraws_the_old_home_assistant_device(
     tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:
