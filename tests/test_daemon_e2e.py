@@ -31,7 +31,7 @@ from tests.daemon_helpers import (
     write_rules,
     write_wav,
 )
-from tests.fixtures.broker import Subscriber
+from tests.fixtures.broker import Subscriber, running_broker
 
 T = TypeVar("T")
 
@@ -389,8 +389,6 @@ def test_away_from_a_shell_that_the_broker_acl_keeps_deaf_says_so(
     """A broker whose ACL lets a client send the command but not read the daemon's state
     (Mosquitto grants the subscription and delivers nothing) left `away on` saying "is
     claudio-daemon running?" while the daemon was online and had armed the house."""
-    from tests.fixtures.broker import running_broker
-
     acl = tmp_path / "acl"
     acl.write_text(
         "topic write #\n"  # the daemon publishes events, state and device commands
