@@ -323,6 +323,25 @@ def test_away_mode_armed_over_mqtt_alerts(
         assert alert["level_db"] > -60
 
 
+def while_daemon_runs(
+    args: list[str], then: Callable[[], T], here: Path, env: dict[str, str] | None = None
+) -> tuple[T, str]:
+    """Start the daemon as the service would (`here` holds its notify socket), do `then`
+    once it is ready, stop it with SIGTERM: `then`'s result and the daemon's log."""
+    notify = NotifySocket(here)
+    daemon = Daemon(args, env={"NOTIFY_SOCKET": str(notify.path), **(env or {})})
+    try:
+        notify.wait_for("READY=1")
+        result = then()
+        daemon.terminate()
+        code, _, err = daemon.wait(timeout=60)
+    finally:
+        daemon.kill()
+        notify.close()
+    assert code == 0, err
+    return result, err
+
+
 def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:
@@ -347,21 +366,8 @@ def test_away_from_a_shell_is_confirmed_and_kept_over_a_restart(
         the daemon's log."""
         here = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
         here.mkdir()
-        notify = NotifySocket(here)
-        daemon = Daemon(
-            ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
-            env={"NOTIFY_SOCKET": str(notify.path), "STATE_DIRECTORY": str(state)},
-        )
-        try:
-            notify.wait_for("READY=1")
-            result = then()
-            daemon.terminate()
-            code, _, err = daemon.wait(timeout=60)
-        finally:
-            daemon.kill()
-            notify.close()
-        assert code == 0, err
-        return result, err
+        args = ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])]
+        return while_daemon_runs(args, then, here, env={"STATE_DIRECTORY": str(state)})
 
     armed, err = while_running(lambda: away("on"))
     assert armed.returncode == 0, armed.stderr
@@ -397,26 +403,17 @@ def test_away_from_a_shell_that_the_broker_acl_keeps_deaf_says_so(
     )
     with running_broker(tmp_path / "mosquitto", f"acl_file {acl}") as broker:
         rules = write_rules(tmp_path / "rules.yaml", port=broker.port, model=tiny_onnx_model)
-        notify = NotifySocket(tmp_path)
-        daemon = Daemon(
+        sent, err = while_daemon_runs(
             ["run", "--rules", str(rules), "--input", str(scene_files["silence_then_two"])],
-            env={"NOTIFY_SOCKET": str(notify.path)},
-        )
-        try:
-            notify.wait_for("READY=1")
-            sent = subprocess.run(
+            lambda: subprocess.run(
                 daemon_cmd("away", "on", "--rules", str(rules)),
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
                 timeout=60,
-            )
-            daemon.terminate()
-            code, _, err = daemon.wait(timeout=60)
-        finally:
-            daemon.kill()
-            notify.close()
-    assert code == 0, err
+            ),
+            tmp_path,
+        )
     assert "AWAY armed (mqtt)" in err  # the command arrived; only its answer was not heard
     assert sent.returncode == 2, sent.stdout
     assert "although the daemon is online (it says so on claudio/available)" in sent.stderr
