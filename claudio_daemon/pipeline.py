@@ -219,15 +219,14 @@ class Pipeline:
         """
         if n <= 0:
             return
-        pending = len(self.claps.grouper.pending)
-        if pending:
+        forgotten = self.claps.after_hole()
+        if forgotten:
             log.info(
                 "audio lost (%.2f s): the %d clap%s before it not counted",
                 n / self.sample_rate,
-                pending,
-                "" if pending == 1 else "s",
+                forgotten,
+                "" if forgotten == 1 else "s",
             )
-        self.claps.after_hole()
         self._claps_origin = self.stats.samples
         self.stats.lost += n
 

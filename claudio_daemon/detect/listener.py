@@ -90,11 +90,14 @@ class ClapListener:
         #: pattern's surroundings never reach back into the one before (`context_spans`).
         self._pattern_ends: deque[int] = deque(maxlen=16)
 
-    def after_hole(self) -> None:
+    def after_hole(self) -> int:
         """Audio was lost (`Pipeline.skip`): start afresh, counting from zero, and never
-        count claps across the hole."""
+        count claps across the hole. Returns how many claps of a pattern in progress were
+        forgotten."""
+        forgotten = len(self.grouper.pending)
         self.reset()
         self.grouper.after_hole(0)
+        return forgotten
 
     @property
     def noise_floor_db(self) -> float:
