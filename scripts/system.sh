@@ -13,17 +13,26 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 }
 
-# ensure_venv DIR: a working virtual environment at DIR, made again when it is not one
-# (python3-venv was missing when it was first made, so pip is not in it) or when the
-# system's Python moved on (a Debian release upgrade: the venv's packages belong to the old
-# version and are not found).
+# ensure_venv DIR: a working virtual environment at DIR. One without pip (made before
+# python3-venv was installed, or by `uv venv`, which leaves pip out) gets pip added, so the
+# packages already in it stay; one from another Python (a Debian release upgrade: its
+# packages belong to the old version and are not found) is made again.
 ensure_venv() {
   local venv=$1 want have
   want=$(python3 -c 'import sys; print(sys.version_info[:2])')
   have=$("$venv/bin/python" -c 'import sys; print(sys.version_info[:2])' 2>/dev/null || true)
-  if [ "$have" = "$want" ] && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
-    return 0
+  if [ "$have" = "$want" ]; then
+    "$venv/bin/python" -m pip --version >/dev/null 2>&1 && return 0
+    if "$venv/bin/python" -m ensurepip --upgrade >/dev/null 2>&1 \
+      && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+      echo "$(basename "$0"): added pip to $venv"
+      return 0
+    fi
   fi
-  [ -e "$venv" ] && echo "$(basename "$0"): making $venv again (Python ${have:-missing} -> $want)"
+  if [ "$have" = "$want" ]; then
+    echo "$(basename "$0"): making $venv again (no pip in it, and ensurepip could not add one)"
+  elif [ -e "$venv" ]; then
+    echo "$(basename "$0"): making $venv again (Python ${have:-missing} -> $want)"
+  fi
   python3 -m venv --clear "$venv"
 }

@@ -411,41 +411,65 @@ def test_daemon_dependencies_run_under_system_service_filter(tmp_path: Path) -> 
         assert "mqtt True" in out
 
 
-def test_a_venv_without_pip_or_from_an_older_python_is_made_again(tmp_path: Path) -> None:
-    """Made before python3-venv was installed, a venv has a python but no pip, and
-    `[ -x .venv/bin/python ]` kept it for good; after a Debian release upgrade its packages
-    belong to the old Python. scripts/system.sh makes such a venv again, and keeps a good one."""
+def _ensure_venv(venv: Path) -> subprocess.CompletedProcess[str]:
+    script = f". {ROOT / 'scripts' / 'system.sh'} && ensure_venv {venv}"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this one
+    # A bare environment: no PYTHONPATH or the like from the test run may lend the venv a
+    # pip it does not have.
+    env = {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _venv_runs(venv: Path, *args: str) -> bool:
+    return (
+        subprocess.run(
+            [str(venv / "bin" / "python"), *args],
+            env={"PATH": os.environ["PATH"]},
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
+
+
+def _site_packages(venv: Path) -> Path:
+    return next((venv / "lib").glob("python3*/site-packages"))
+
+
+def test_a_venv_without_pip_gets_pip_and_keeps_its_packages(tmp_path: Path) -> None:
+    """Made before python3-venv was installed, or by `uv venv`, a venv has a python but no
+    pip, and `[ -x .venv/bin/python ]` kept it for good. scripts/system.sh adds pip to it;
+    making it again would throw away what the user installed there."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-
-    def ensure() -> subprocess.CompletedProcess[str]:
-        script = f". {ROOT / 'scripts' / 'system.sh'} && ensure_venv {venv}"
-        path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this one
-        # A bare environment: no PYTHONPATH or the like from the test run may lend the
-        # venv a pip it does not have.
-        env = {"PATH": path, "HOME": os.environ.get("HOME", "/root")}
-        return subprocess.run(
-            ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
-        )
-
-    bare = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "--version"],
-        env={"PATH": os.environ["PATH"]},
-        capture_output=True,
-        check=False,
-    )
-    assert bare.returncode != 0  # the broken venv this test needs
-    first = ensure()
+    (_site_packages(venv) / "users_own_module.py").write_text("WHO = 'mine'\n")
+    assert not _venv_runs(venv, "-m", "pip", "--version")  # the pip-less venv this test needs
+    first = _ensure_venv(venv)
     assert first.returncode == 0, first.stderr
-    assert "making" in first.stdout, (first.stdout, first.stderr)
-    pip = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "--version"],
-        env={"PATH": os.environ["PATH"]},
-        capture_output=True,
-        check=False,
-    )
-    assert pip.returncode == 0
+    assert "added pip" in first.stdout and "making" not in first.stdout, first.stdout
+    assert _venv_runs(venv, "-m", "pip", "--version")
+    assert _venv_runs(venv, "-c", "import users_own_module")
     cfg = (venv / "pyvenv.cfg").stat().st_mtime_ns
-    again = ensure()
+    again = _ensure_venv(venv)  # a good venv is left alone
     assert again.returncode == 0 and again.stdout == ""
     assert (venv / "pyvenv.cfg").stat().st_mtime_ns == cfg
+
+
+def test_a_venv_from_another_python_is_made_again(tmp_path: Path) -> None:
+    """After a Debian release upgrade a venv's packages belong to the old Python and are not
+    found: that venv is made again for the Python the system has now."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (_site_packages(venv) / "old_module.py").write_text("")
+    # Stands in for the interpreter of the release before: it answers as Python 3.9.
+    old = venv / "bin" / "python"
+    old.unlink()
+    old.write_text("#!/bin/sh\necho '(3, 9)'\n")
+    old.chmod(0o755)
+    made = _ensure_venv(venv)
+    assert made.returncode == 0, made.stderr
+    assert "making" in made.stdout and "(3, 9) ->" in made.stdout, made.stdout
+    assert _venv_runs(venv, "-m", "pip", "--version")
+    assert not _venv_runs(venv, "-c", "import old_module")
