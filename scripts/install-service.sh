@@ -116,6 +116,7 @@ if [ ! -e "$confdir/rules.yaml" ]; then
   fi
 else
   say "kept existing $confdir/rules.yaml"
+  let_service_read "$confdir/rules.yaml" claudio
 fi
 if [ ! -e "$confdir/claudio.env" ]; then
   install -m 0600 -o root -g root "$src/systemd/claudio-daemon.env.example" "$confdir/claudio.env"

@@ -36,3 +36,19 @@ ensure_venv() {
   fi
   python3 -m venv --clear "$venv"
 }
+
+# let_service_read FILE USER: a config file the service user cannot read (made 0600 by
+# root's umask before the install, say) stops the daemon at every start. Its group becomes
+# USER's group with read access; the owner and the rest of the mode are kept.
+let_service_read() {
+  local file=$1 user=$2
+  command -v runuser >/dev/null || return 0
+  runuser -u "$user" -- test -r "$file" && return 0
+  chgrp "$(id -gn "$user")" "$file"
+  chmod g+r "$file"
+  if runuser -u "$user" -- test -r "$file"; then
+    echo "$(basename "$0"): $file was not readable by $user: now group $(id -gn "$user"), g+r"
+  else
+    echo "$(basename "$0"): WARNING: $user cannot read $file (check the folders above it)"
+  fi
+}

@@ -8,12 +8,16 @@ a child process under seccomp filters equivalent to the unit's.
 from __future__ import annotations
 
 import ctypes.util
+import grp
 import os
+import pwd
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -473,3 +477,38 @@ def test_a_venv_from_another_python_is_made_again(tmp_path: Path) -> None:
     assert "making" in made.stdout and "(3, 9) ->" in made.stdout, made.stdout
     assert _venv_runs(venv, "-m", "pip", "--version")
     assert not _venv_runs(venv, "-c", "import old_module")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser"
+)
+def test_a_kept_rules_file_the_service_cannot_read_is_given_to_its_group() -> None:
+    """An upgrade keeps /etc/claudio/rules.yaml; one made 0600 by root's umask would stop
+    the daemon at every start. The install script lets the service user's group read it."""
+    folder = Path(tempfile.mkdtemp(prefix="claudio-perm-"))  # not under pytest's 0700 tmp
+    try:
+        folder.chmod(0o755)
+        rules = folder / "rules.yaml"
+        rules.write_text("triggers: []\n")
+        rules.chmod(0o600)
+        user = "nobody"
+        group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+
+        def let_read() -> str:
+            script = f". {ROOT / 'scripts' / 'system.sh'} && let_service_read {rules} {user}"
+            done = subprocess.run(
+                ["bash", "-c", script], capture_output=True, text=True, timeout=30
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        said = let_read()
+        assert f"now group {group}" in said, said
+        st = rules.stat()
+        assert st.st_uid == 0 and grp.getgrgid(st.st_gid).gr_name == group
+        assert stat.S_IMODE(st.st_mode) == 0o640  # the owner's bits kept, others still out
+        as_user = subprocess.run(["runuser", "-u", user, "--", "cat", str(rules)], timeout=30)
+        assert as_user.returncode == 0
+        assert let_read() == ""  # readable now: left alone
+    finally:
+        shutil.rmtree(folder)
