@@ -193,6 +193,12 @@ class Pipeline:
         if fresh is None:
             self.claps.set_max_count(max_count)
         else:
+            if self.claps.clapping_may_go_on:
+                # The fresh listener starts in the middle of someone's clapping (or just
+                # after a hole): the rest of it, heard alone, would be a shorter pattern
+                # and another command, so it is taken as clapping that goes on.
+                fresh.after_hole()
+                log.info("clap settings changed while clapping: that clapping is not counted")
             self.claps = fresh
             self._claps_origin = self.stats.samples
 

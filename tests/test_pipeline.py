@@ -468,3 +468,28 @@ def test_a_quiet_sound_after_a_loud_one_keeps_its_own_level() -> None:
     )  # ~1 s
     events = [e for e in _run(pipeline, x) if isinstance(e, SoundEvent)]
     assert [round(e.level_db) for e in events] == [-20, -40]
+
+
+def test_a_fresh_clap_listener_does_not_count_the_rest_of_clapping_under_way(caplog) -> None:
+    # rules.yaml's clap settings change (a save, or `calibrate`) between the first and the
+    # second of three claps: the fresh detector hears two, which must not toggle the lamp.
+    x = scene([5.0, 5.45, 5.9], 9.0).astype(np.float32)
+    tuned = THREE_RULES + "claps: {highpass_hz: 310}\n"
+    caplog.set_level(logging.INFO, logger="claudio_daemon.pipeline")
+
+    def counts(events: list) -> list[int]:
+        return [e.count for e in events if isinstance(e, ClapPattern)]
+
+    assert counts(_run(Pipeline(parse_rules(THREE_RULES), None), x, 5.2, tuned)) == []
+    assert "clap settings changed while clapping" in caplog.text
+    # Right after a hole the same holds: the after-hole caution moves to the fresh listener.
+    y = scene([5.0, 5.45, 5.9, 6.3], 9.0).astype(np.float32)
+    pipeline = Pipeline(parse_rules(THREE_RULES), None)
+    a, b = int(4.8 * SR), int(5.7 * SR)
+    events = _run(pipeline, y[:a])
+    pipeline.skip(b - a)
+    events += _run(pipeline, y[b:], 0.0, tuned)
+    assert counts(events) == []
+    # A reload in a quiet moment costs nothing: the next pattern is counted as ever.
+    z = scene([5.0, 5.45, 5.9], 9.0).astype(np.float32)
+    assert counts(_run(Pipeline(parse_rules(THREE_RULES), None), z, 3.0, tuned)) == [3]

@@ -285,6 +285,11 @@ class ClapDetector:
         return max(0, done)
 
     @property
+    def measuring(self) -> bool:
+        """An onset heard and still being measured (its decay, within the look-ahead)."""
+        return bool(self._pending)
+
+    @property
     def noise_floor_db(self) -> float:
         return -120.0 if self.floor_db is None else float(self.floor_db)
 

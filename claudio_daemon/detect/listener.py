@@ -100,6 +100,11 @@ class ClapListener:
         return forgotten
 
     @property
+    def clapping_may_go_on(self) -> bool:
+        """Whether claps heard from now on may belong with claps already heard (or lost)."""
+        return self.detector.measuring or self.grouper.clapping_may_go_on
+
+    @property
     def noise_floor_db(self) -> float:
         return self.detector.noise_floor_db
 

@@ -109,6 +109,15 @@ class PatternGrouper:
     def pending(self) -> tuple[Clap, ...]:
         return tuple(self._group)
 
+    @property
+    def clapping_may_go_on(self) -> bool:
+        """Claps are being grouped, applause is under way, or a clap may still follow a
+        pattern just decided or a hole: a grouper that starts now must not count what
+        comes next as a pattern of its own."""
+        return (
+            bool(self._group) or self._applause_last is not None or self._emitted_last is not None
+        )
+
     def deadline(self) -> int | None:
         """Sample at which the pending group will be decided if no clap arrives."""
         if not self._group:
