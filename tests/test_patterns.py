@@ -268,3 +268,18 @@ def test_a_sound_between_the_claps_as_loud_as_them_spoils_the_command(caplog) ->
         if t != 1.2:
             g.push_clap(Clap(int(t * SR), level))
     assert [p.count for p in g.advance(int(3.0 * SR))] == [2]
+
+
+def test_a_lone_tick_well_below_the_pattern_just_before_is_no_single_clap(caplog) -> None:  # noqa: ANN001
+    # Three claps, then a clock's next tick 10 dB softer 0.95 s after the last: in the clap
+    # benchmark's ESC-50 clock scenes at 10 dB it became a one-clap command of its own.
+    caplog.set_level("INFO", logger="claudio_daemon.detect.patterns")
+    out, _ = run([1.0, 1.3, 1.7, 2.65], levels=[-20.0, -20.0, -20.0, -30.0], max_count=4)
+    assert [p.count for p in out] == [3]
+    assert "1 clap dropped: 10.0 dB below the pattern 0.95 s before it" in caplog.text
+    # Nearly as loud as the claps, it is a clap of its own; so is a soft one heard later
+    # than applause_quiet_s.
+    out, _ = run([1.0, 1.3, 1.7, 2.65], levels=[-20.0, -20.0, -20.0, -24.0], max_count=4)
+    assert [p.count for p in out] == [3, 1]
+    out, _ = run([1.0, 1.3, 1.7, 3.3], levels=[-20.0, -20.0, -20.0, -30.0], max_count=4)
+    assert [p.count for p in out] == [3, 1]

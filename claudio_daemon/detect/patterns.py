@@ -76,6 +76,8 @@ class PatternGrouper:
         self._applause_level = -200.0
         self._emitted_last: int | None = None
         self._emitted_level = -200.0
+        #: (last clap, loudest level) of the last pattern decided, kept applause_quiet_s.
+        self._previous: tuple[int, float] | None = None
         #: Every transient (onset sample, level) recent enough to neighbour a group.
         self._transients: deque[tuple[int, float]] = deque()
 
@@ -267,8 +269,25 @@ class PatternGrouper:
         if crowded is not None:
             log.info("%d claps dropped: another sound %s", len(group), crowded)
             return []
+        loud = max(c.level_db for c in group)
+        if len(group) == 1 and self._previous is not None:
+            at, level = self._previous
+            after_s = (group[0].sample - at) / self.sample_rate
+            if (
+                after_s <= self.settings.applause_quiet_s
+                and loud < level - self.settings.level_range_db
+            ):
+                # A lone transient well below the claps that just made a pattern: the room
+                # (a clock's next tick, a dish), not a command of its own.
+                log.info(
+                    "1 clap dropped: %.1f dB below the pattern %.2f s before it",
+                    level - loud,
+                    after_s,
+                )
+                return []
         self._emitted_last = group[-1].sample
-        self._emitted_level = max(c.level_db for c in group)
+        self._emitted_level = loud
+        self._previous = (group[-1].sample, loud)
         return [
             ClapPattern(
                 count=len(group),
