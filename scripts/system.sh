@@ -28,8 +28,6 @@ ensure_venv() {
       echo "$(basename "$0"): added pip to $venv"
       return 0
     fi
-  fi
-  if [ "$have" = "$want" ]; then
     echo "$(basename "$0"): making $venv again (no pip in it, and ensurepip could not add one)"
   elif [ -e "$venv" ]; then
     echo "$(basename "$0"): making $venv again (Python ${have:-missing} -> $want)"
@@ -41,13 +39,14 @@ ensure_venv() {
 # root's umask before the install, say) stops the daemon at every start. Its group becomes
 # USER's group with read access; the owner and the rest of the mode are kept.
 let_service_read() {
-  local file=$1 user=$2
+  local file=$1 user=$2 group
   command -v runuser >/dev/null || return 0
   runuser -u "$user" -- test -r "$file" && return 0
-  chgrp "$(id -gn "$user")" "$file"
+  group=$(id -gn "$user")
+  chgrp "$group" "$file"
   chmod g+r "$file"
   if runuser -u "$user" -- test -r "$file"; then
-    echo "$(basename "$0"): $file was not readable by $user: now group $(id -gn "$user"), g+r"
+    echo "$(basename "$0"): $file was not readable by $user: now group $group, g+r"
   else
     echo "$(basename "$0"): WARNING: $user cannot read $file (check the folders above it)"
   fi
