@@ -464,22 +464,31 @@ def test_reblocker_carries_a_hole_to_the_next_block() -> None:
     assert _contiguous(out)
 
 
+def _record(
+    mic: MicSource, seconds: float, stall_after_first_s: float = 0.0
+) -> tuple[list[AudioBlock], float]:
+    """The blocks for `seconds` of wall clock from the first one, in this thread (a
+    consumer that stalls after the first block stalls the loop), and how long that took."""
+    blocks: list[AudioBlock] = []
+    t0 = 0.0
+    for block in mic.blocks():
+        if not blocks:
+            t0 = time.monotonic()
+            time.sleep(stall_after_first_s)
+        blocks.append(block)
+        if time.monotonic() - t0 > seconds:
+            mic.close()
+    return blocks, time.monotonic() - t0
+
+
 def test_mic_source_blocks_count_dropped_audio_as_time(
     pulse_server: PulseServer,  # noqa: F811
 ) -> None:
     """Blocks after audio the consumer was too slow for start that much later and say so
     (`gap_before`), so claps either side of the hole are never timed as if adjacent."""
     mic = MicSource("pulse", RATE, block_size=1024, native_rate=48000, queue_blocks=2)
-    blocks: list[AudioBlock] = []
-    t0 = 0.0
-    for block in mic.blocks():
-        if not blocks:
-            t0 = time.monotonic()
-            time.sleep(1.0)  # a stalled loop: the queue of two device chunks overflows
-        blocks.append(block)
-        if time.monotonic() - t0 > 2.5:
-            mic.close()
-    ran_s = time.monotonic() - t0
+    # A stalled loop: the queue of two device chunks overflows.
+    blocks, ran_s = _record(mic, 2.5, stall_after_first_s=1.0)
     holes = [b.gap_before for b in blocks if b.gap_before]
     assert mic.overflows > 0 and holes, "nothing was dropped"
     assert sum(holes) > 0.5 * RATE
@@ -515,15 +524,7 @@ def test_a_starved_capture_thread_behind_pulseaudio_loses_nothing(
     used to find holes (a hole resets the clap detector and says "audio dropped").
     """
     mic = _StarvedMic("pulse", RATE, block_size=1024, native_rate=48000)
-    blocks: list[AudioBlock] = []
-    t0 = 0.0
-    for block in mic.blocks():
-        if not blocks:
-            t0 = time.monotonic()
-        blocks.append(block)
-        if time.monotonic() - t0 > 3.5:
-            mic.close()
-    ran_s = time.monotonic() - t0
+    blocks, ran_s = _record(mic, 3.5)
     assert mic.calls > 20
     assert [b.gap_before for b in blocks if b.gap_before] == [] and mic.overflows == 0
     assert [b.start_sample for b in blocks] == [i * 1024 for i in range(len(blocks))]
