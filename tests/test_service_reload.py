@@ -29,6 +29,7 @@ from claudio_daemon.config_base import StrictModel
 from claudio_daemon.service.notify import SystemdNotifier
 from claudio_daemon.service.reload import FileWatcher, Reloader, ReloadResult
 from claudio_daemon.service.signals import install_handlers
+from tests.daemon_helpers import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -355,13 +356,14 @@ def test_mini_daemon_live_reload_sighup_and_stop(tmp_path: Path) -> None:
     write(rules, GOOD_1)
     script = tmp_path / "mini_daemon.py"
     script.write_text(_MINI_DAEMON)
-    sock_path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(sock_path))
-    sock.settimeout(10)
+    # Read as systemd does, as the datagrams come: the kernel queues only
+    # net.unix.max_dgram_qlen of them (10 here), so watchdog ticks left unread while the test
+    # waits for log lines filled the queue and STOPPING=1 was dropped when the daemon won the
+    # race against the first read after SIGTERM.
+    notify = NotifySocket(tmp_path)
     env = {
         **os.environ,
-        "NOTIFY_SOCKET": str(sock_path),
+        "NOTIFY_SOCKET": str(notify.path),
         "WATCHDOG_USEC": "1000000",
         "PYTHONPATH": str(ROOT),
     }
@@ -389,15 +391,9 @@ def test_mini_daemon_live_reload_sighup_and_stop(tmp_path: Path) -> None:
                 return line
         raise AssertionError(f"no log line with {containing!r} within 10 s")
 
-    def next_datagram(prefix: str) -> str:
-        while True:
-            msg = sock.recv(4096).decode()
-            if msg.startswith(prefix):
-                return msg
-
     try:
-        assert next_datagram("READY=1") == "READY=1\nSTATUS=1 triggers"
-        assert next_datagram("WATCHDOG=1") == "WATCHDOG=1"
+        notify.wait_for("WATCHDOG=1", timeout=10)
+        assert notify.messages[:2] == ["READY=1", "STATUS=1 triggers"]
 
         write(rules, GOOD_2)  # the user saves an edit
         assert next_line("rules reloaded").endswith("rules reloaded: 2 triggers")
@@ -412,13 +408,13 @@ def test_mini_daemon_live_reload_sighup_and_stop(tmp_path: Path) -> None:
         next_line("rules reloaded: 1 trigger")
 
         proc.send_signal(signal.SIGTERM)  # systemctl stop
-        assert next_datagram("STOPPING=1") == "STOPPING=1"
+        notify.wait_for("STOPPING=1", timeout=10)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        sock.close()
+        notify.close()
 
 
 def test_reload_warns_only_for_what_needs_a_restart(caplog: pytest.LogCaptureFixture) -> None:
