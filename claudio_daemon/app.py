@@ -276,9 +276,10 @@ def announce(
 
 
 def settle_announced(publisher: MqttPublisher, announced: StateFile | None) -> None:
-    """After everything queued reached the broker: only what is announced now is ours."""
+    """After everything queued reached the broker: what is announced now is ours, and so
+    is what the broker refused to let us withdraw (the next start tries again)."""
     if announced is not None:
-        announced.write(publisher.discovery_topics)
+        announced.write([*publisher.refused_withdrawals, *publisher.discovery_topics])
 
 
 def announced_topics_file() -> StateFile | None:

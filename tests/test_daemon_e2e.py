@@ -467,6 +467,63 @@ def test_a_new_node_id_withdraws_the_old_home_assistant_device(
         assert sub.wait_for(lambda m: m, 5)[0][1] == b"ON"
 
 
+def test_a_withdrawal_the_broker_refuses_is_tried_again_at_the_next_start(
+    tiny_onnx_model: Path, tmp_path: Path
+) -> None:
+    """An MQTT 5 broker whose ACL refused clearing the old node's configs: the record
+    forgot them after the run, so fixing the ACL never removed the ghost device."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\n")
+    with running_broker(tmp_path / "mosquitto", f"acl_file {acl}") as broker:
+        rules = write_rules(tmp_path / "rules.yaml", port=broker.port, model=tiny_onnx_model)
+        rules.write_text(rules.read_text().replace("  client_id:", "  protocol: '5'\n  client_id:"))
+        wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
+        state = tmp_path / "state"
+        state.mkdir()
+        record = state / "discovery.json"
+
+        def run_once() -> str:
+            proc = daemon(
+                "run",
+                "--rules",
+                str(rules),
+                "--input",
+                str(wav),
+                env=os.environ | {"STATE_DIRECTORY": str(state)},
+            )
+            assert proc.returncode == 0, proc.stderr
+            return proc.stderr
+
+        def retained_configs() -> set[str]:
+            with Subscriber(broker.host, broker.port, ["homeassistant/#"]) as ha:
+                time.sleep(0.5)
+                return {t for t, p, retained in ha.messages if p and retained}
+
+        run_once()
+        old = retained_configs()
+        assert old and all("/claudio-test/" in t for t in old)
+        rules.write_text(rules.read_text().replace("client_id: claudio-test", "client_id: kitchen"))
+        # Everyone may read everything; the daemon may write its own topics and the new
+        # node's configs, not the old node's.
+        acl.write_text(
+            "topic read #\ntopic write claudio/#\ntopic write homeassistant/+/kitchen/#\n"
+        )
+        broker.restart()  # persistence keeps the retained configs
+        err = run_once()
+        assert "broker refused to clear homeassistant/" in err and "Not authorized" in err
+        assert "trying again at the next start" in err
+        assert old <= retained_configs()  # still there: the ghost device
+        assert old <= set(json.loads(record.read_text()))  # ...and still on record
+
+        acl.write_text("topic readwrite #\n")  # the user fixes the ACL
+        broker.restart()
+        err = run_once()
+        assert "refused" not in err
+        now = retained_configs()
+        assert now and not now & old and all("/kitchen/" in t for t in now)
+        assert set(json.loads(record.read_text())) == now
+
+
 def test_rules_reload_while_running(
     scene_files: dict[str, Path], tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:

@@ -324,6 +324,8 @@ class MqttPublisher:
         self._dropped = 0
         self._closed = False
         self._discovery: list[tuple[str, dict[str, Any]]] = []
+        #: Withdrawals (empty retained configs) an MQTT 5 broker refused this run.
+        self._refused_withdrawals: set[str] = set()
         self._away: bool | None = None
         #: Clap counts announced as HA event types (None: not configured, all are sent).
         self._clap_counts: frozenset[int] | None = None
@@ -516,6 +518,13 @@ class MqttPublisher:
         """The discovery config topics announced now (none while discovery is off)."""
         return [t for t, _ in self._discovery]
 
+    @property
+    def refused_withdrawals(self) -> list[str]:
+        """Discovery topics whose withdrawal the broker refused (MQTT 5 reports it; 3.1.1
+        brokers drop a refused message without a word)."""
+        with self._lock:
+            return sorted(self._refused_withdrawals - set(self.discovery_topics))
+
     def publish_discovery(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Retained HA discovery configs; re-sent on reconnect and when HA comes online.
 
@@ -671,7 +680,17 @@ class MqttPublisher:
             if entry is None:
                 continue  # availability messages, or an entry already re-sent
             if getattr(reason, "is_failure", False):  # MQTT 5 only; re-sending will not help
-                log.error("MQTT: broker refused message on %s: %s", entry.topic, reason)
+                if entry.retain and not entry.payload:
+                    # A ghost entity stays in Home Assistant: the service record keeps the
+                    # topic, so the next start (the ACL fixed, say) withdraws it again.
+                    self._refused_withdrawals.add(entry.topic)
+                    log.error(
+                        "MQTT: broker refused to clear %s: %s; trying again at the next start",
+                        entry.topic,
+                        reason,
+                    )
+                else:
+                    log.error("MQTT: broker refused message on %s: %s", entry.topic, reason)
             self._remove(entry)
         if self._connect_work:
             self._connect_work = False
