@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 cli = typer.Typer(
     add_completion=False,
+    # Markdown: a docstring's line breaks are not kept as hard breaks in the help.
+    rich_markup_mode="markdown",
     no_args_is_help=True,
     help="Claudio: claps and recognised sounds become MQTT commands.",
     # A crash is logged (main below), with a priority for the journal; typer's boxed
@@ -120,8 +122,10 @@ def replay(
     ] = None,
     log_level: LogOpt = "warning",
 ) -> None:
-    """Run a recording through the live pipeline, as fast as possible by default: one
-    line an event and a summary, or JSON lines for scripts (--json)."""
+    """Run a recording through the live pipeline.
+
+    As fast as possible by default (--realtime paces it like a microphone): one line an
+    event and a summary, or JSON lines for scripts (--json)."""
     app.setup_logging(log_level)
     starts_at = _start_time(at) if at is not None else None
     try:
@@ -205,8 +209,9 @@ def away(
     state: Annotated[str, typer.Argument(help="on (arm) or off (disarm).")],
     rules: RulesOpt = None,
 ) -> None:
-    """Arm or disarm AWAY mode in the running daemon (through MQTT); exits 0 only once
-    the daemon reports the new state."""
+    """Arm or disarm AWAY mode in the running daemon (through MQTT).
+
+    Exits 0 only once the daemon reports the new state."""
     app.setup_logging("warning")
     value = state.strip().lower()
     if value not in ("on", "off"):
