@@ -241,6 +241,35 @@ def test_isolation_waits_for_its_window_and_checks_both_sides() -> None:
     assert [p.count for p in g.advance(int(1.8 * SR))] == [2]
 
 
+def test_a_sound_at_the_very_end_of_the_isolation_window_counts_the_same_either_way() -> None:
+    """With the isolation window as long as the end silence, the decision falls on
+    last + isolation_s exactly. An onset at that sample spoilt the command when it was
+    measured before the decision and not when the decision came first: the frame grid
+    decided. The window is open at that end, so neither order counts it."""
+    settings = ClapSettings(isolation_s=0.5, end_silence_s=0.5)
+    last = int(1.2 * SR)
+    edge = last + int(round(0.5 * SR))
+
+    def grouper() -> PatternGrouper:
+        g = PatternGrouper(settings, SR, 3)
+        for t in (int(1.0 * SR), last):
+            g.note_transient(t, -20.0)
+            g.push_clap(Clap(t, -20.0))
+        assert g.deadline() == edge
+        return g
+
+    measured_first = grouper()
+    measured_first.note_transient(edge, -20.0)
+    decided_first = grouper()
+    out = decided_first.advance(edge)
+    decided_first.note_transient(edge, -20.0)
+    assert [p.count for p in measured_first.advance(edge)] == [p.count for p in out] == [2]
+    # One sample inside the window it spoils the command, as before.
+    g = grouper()
+    g.note_transient(edge - 1, -20.0)
+    assert g.advance(edge) == []
+
+
 def test_a_sound_between_the_claps_as_loud_as_them_spoils_the_command(caplog) -> None:
     # Footsteps (ESC-50 fold 4): heel strikes at 3.0, 3.54 and 3.83 s passed as three
     # claps; a scuff 83 ms after the second, as loud, was ignored as an echo by min_gap.

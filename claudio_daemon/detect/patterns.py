@@ -166,7 +166,9 @@ class PatternGrouper:
                 where = f"{(first - t) / self.sample_rate:.2f} s before them"
             elif first < t < last:
                 where = f"between them ({(t - first) / self.sample_rate:.2f} s after the first)"
-            elif last < t <= last + self._isolation:
+            elif last < t < last + self._isolation:
+                # Open at the far end: the decision may come at last + isolation exactly
+                # (`deadline`), before an onset at that very sample has been measured.
                 where = f"{(t - last) / self.sample_rate:.2f} s after them"
             else:
                 continue
