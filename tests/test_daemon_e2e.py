@@ -31,7 +31,7 @@ from tests.daemon_helpers import (
     write_rules,
     write_wav,
 )
-from tests.fixtures.broker import Subscriber, running_broker
+from tests.fixtures.broker import Broker, Subscriber, running_broker
 
 T = TypeVar("T")
 
@@ -423,6 +423,28 @@ def test_away_from_a_shell_that_the_broker_acl_keeps_deaf_says_so(
     ) in sent.stderr
 
 
+def _run_quietly_as_the_service(rules: Path, state: Path) -> str:
+    """Half a second of silence through `run`, with the service's state folder; stderr."""
+    wav = write_wav(state.parent / "quiet.wav", np.zeros(SR // 2, np.float32))
+    proc = daemon(
+        "run",
+        "--rules",
+        str(rules),
+        "--input",
+        str(wav),
+        env=os.environ | {"STATE_DIRECTORY": str(state)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def _retained_configs(broker: Broker) -> set[str]:
+    """The Home Assistant discovery configs the broker keeps now."""
+    with Subscriber(broker.host, broker.port, ["homeassistant/#"]) as ha:
+        time.sleep(0.5)
+        return {t for t, p, retained in ha.messages if p and retained}
+
+
 def test_a_new_node_id_withdraws_the_old_home_assistant_device(
     tiny_onnx_model: Path, tmp_path: Path, mosquitto
 ) -> None:
@@ -430,25 +452,14 @@ def test_a_new_node_id_withdraws_the_old_home_assistant_device(
     configs on the broker: Home Assistant showed a second, dead Claudio for good. The
     service remembers what it announced and withdraws what it no longer does."""
     rules = write_rules(tmp_path / "rules.yaml", port=mosquitto.port, model=tiny_onnx_model)
-    wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
     state = tmp_path / "state"
     state.mkdir()
 
     def run_once() -> None:
-        proc = daemon(
-            "run",
-            "--rules",
-            str(rules),
-            "--input",
-            str(wav),
-            env=os.environ | {"STATE_DIRECTORY": str(state)},
-        )
-        assert proc.returncode == 0, proc.stderr
+        _run_quietly_as_the_service(rules, state)
 
     def retained_configs() -> set[str]:
-        with Subscriber(mosquitto.host, mosquitto.port, ["homeassistant/#"]) as ha:
-            time.sleep(0.5)
-            return {t for t, p, retained in ha.messages if p and retained}
+        return _retained_configs(mosquitto)
 
     run_once()
     first = retained_configs()
@@ -477,27 +488,15 @@ def test_a_withdrawal_the_broker_refuses_is_tried_again_at_the_next_start(
     with running_broker(tmp_path / "mosquitto", f"acl_file {acl}") as broker:
         rules = write_rules(tmp_path / "rules.yaml", port=broker.port, model=tiny_onnx_model)
         rules.write_text(rules.read_text().replace("  client_id:", "  protocol: '5'\n  client_id:"))
-        wav = write_wav(tmp_path / "quiet.wav", np.zeros(SR // 2, np.float32))
         state = tmp_path / "state"
         state.mkdir()
         record = state / "discovery.json"
 
         def run_once() -> str:
-            proc = daemon(
-                "run",
-                "--rules",
-                str(rules),
-                "--input",
-                str(wav),
-                env=os.environ | {"STATE_DIRECTORY": str(state)},
-            )
-            assert proc.returncode == 0, proc.stderr
-            return proc.stderr
+            return _run_quietly_as_the_service(rules, state)
 
         def retained_configs() -> set[str]:
-            with Subscriber(broker.host, broker.port, ["homeassistant/#"]) as ha:
-                time.sleep(0.5)
-                return {t for t, p, retained in ha.messages if p and retained}
+            return _retained_configs(broker)
 
         run_once()
         old = retained_configs()
