@@ -685,7 +685,8 @@ class MqttPublisher:
                     # topic, so the next start (the ACL fixed, say) withdraws it again.
                     self._refused_withdrawals.add(entry.topic)
                     log.error(
-                        "MQTT: broker refused to clear %s: %s; trying again at the next start",
+                        "MQTT: broker refused to clear %s (%s): Home Assistant keeps that "
+                        "entity; check the broker's ACL",
                         entry.topic,
                         reason,
                     )
