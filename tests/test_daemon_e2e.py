@@ -455,25 +455,19 @@ def test_a_new_node_id_withdraws_the_old_home_assistant_device(
     state = tmp_path / "state"
     state.mkdir()
 
-    def run_once() -> None:
-        _run_quietly_as_the_service(rules, state)
-
-    def retained_configs() -> set[str]:
-        return _retained_configs(mosquitto)
-
-    run_once()
-    first = retained_configs()
+    _run_quietly_as_the_service(rules, state)
+    first = _retained_configs(mosquitto)
     assert first and all("/claudio-test/" in t for t in first)
     rules.write_text(rules.read_text().replace("client_id: claudio-test", "client_id: kitchen"))
-    run_once()
-    second = retained_configs()
+    _run_quietly_as_the_service(rules, state)
+    second = _retained_configs(mosquitto)
     assert second and all("/kitchen/" in t for t in second), second
     # A damaged record cannot make the service clear anyone else's retained topics.
     record = state / "discovery.json"
     record.write_text(json.dumps([*json.loads(record.read_text()), "tele/lamp/STATE"]))
     with Subscriber(mosquitto.host, mosquitto.port, ["tele/lamp/#"]) as other:
         other.client.publish("tele/lamp/STATE", "ON", qos=1, retain=True).wait_for_publish(5)
-    run_once()
+    _run_quietly_as_the_service(rules, state)
     with Subscriber(mosquitto.host, mosquitto.port, ["tele/lamp/STATE"]) as sub:
         assert sub.wait_for(lambda m: m, 5)[0][1] == b"ON"
 
@@ -492,14 +486,8 @@ def test_a_withdrawal_the_broker_refuses_is_tried_again_at_the_next_start(
         state.mkdir()
         record = state / "discovery.json"
 
-        def run_once() -> str:
-            return _run_quietly_as_the_service(rules, state)
-
-        def retained_configs() -> set[str]:
-            return _retained_configs(broker)
-
-        run_once()
-        old = retained_configs()
+        _run_quietly_as_the_service(rules, state)
+        old = _retained_configs(broker)
         assert old and all("/claudio-test/" in t for t in old)
         rules.write_text(rules.read_text().replace("client_id: claudio-test", "client_id: kitchen"))
         # Everyone may read everything; the daemon may write its own topics and the new
@@ -508,17 +496,17 @@ def test_a_withdrawal_the_broker_refuses_is_tried_again_at_the_next_start(
             "topic read #\ntopic write claudio/#\ntopic write homeassistant/+/kitchen/#\n"
         )
         broker.restart()  # persistence keeps the retained configs
-        err = run_once()
+        err = _run_quietly_as_the_service(rules, state)
         assert "broker refused to clear homeassistant/" in err and "(Not authorized)" in err
         assert "Home Assistant keeps that entity; check the broker's ACL" in err
-        assert old <= retained_configs()  # still there: the ghost device
+        assert old <= _retained_configs(broker)  # still there: the ghost device
         assert old <= set(json.loads(record.read_text()))  # ...and still on record
 
         acl.write_text("topic readwrite #\n")  # the user fixes the ACL
         broker.restart()
-        err = run_once()
+        err = _run_quietly_as_the_service(rules, state)
         assert "refused" not in err
-        now = retained_configs()
+        now = _retained_configs(broker)
         assert now and not now & old and all("/kitchen/" in t for t in now)
         assert set(json.loads(record.read_text())) == now
 
