@@ -4,7 +4,8 @@
 # next time; a `fit` that was cut short is resumed, so a run can simply be started again.
 #
 # Environment: BASE_EPOCHS (200; 60 for the recipe shipped before, models/README.md),
-# STEP2_EPOCHS (24), SEED (0), DATA (../shared/data),
+# STEP2_EPOCHS (24), SEED (0), DATA (../shared/data), SYNTH_PER_FOLD (50 synthetic clap
+# clips a fold; the tests' few recordings need only a handful),
 # MINE_COMMIT (dca555f: the detector the shipped model's hard negatives were mined with;
 # "HEAD" mines with this checkout's detector instead, which finds fewer patterns a replay),
 # MINE_REPLAYS (2: replays of each recording over a background when mining; with HEAD, 4
@@ -39,6 +40,7 @@ SEED=${SEED:-0}
 DATA=$(realpath -m "${DATA:-$ROOT/../shared/data}")
 MINE_COMMIT=${MINE_COMMIT:-dca555f}
 MINE_REPLAYS=${MINE_REPLAYS:-2}
+SYNTH_PER_FOLD=${SYNTH_PER_FOLD:-50}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 read -r -a FIT_EXTRA <<<"${FIT_ARGS:-}"
 read -r -a BASE_EXTRA <<<"${BASE_ARGS:-}"
@@ -77,7 +79,7 @@ recipe_inputs() {
     fi
     if [ ! -f "$WORK/data/synth-claps/.done" ]; then
         say "writing synthetic clap clips"
-        "$T" synth-claps "$E16" "$E44" --out "$WORK/data/synth-claps" --per-fold 50 \
+        "$T" synth-claps "$E16" "$E44" --out "$WORK/data/synth-claps" --per-fold "$SYNTH_PER_FOLD" \
             --seed "$SEED" --min-clap-margin-db 12 --force
         touch "$WORK/data/synth-claps/.done"
     fi
