@@ -8,7 +8,8 @@
 # --out receives the INT8 model (default WORK/claudio-esc50-se_resnet18.onnx);
 # `--out models/claudio-esc50-se_resnet18.onnx` replaces the shipped one. Finished stages
 # are skipped and a cut-short `fit` resumes: start it again to continue. About three and a
-# half hours on a 2-core CPU, ten minutes on a GPU. Environment: see scripts/recipe.sh.
+# half hours on a 2-core CPU with native bf16 (about five and a half in float32 on one
+# without), ten minutes on a GPU. Environment: see scripts/recipe.sh.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --work) WORK=$(realpath -m "$2"); shift 2 ;;
         --out) OUT=$(realpath -m "$2"); shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "train_model: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
