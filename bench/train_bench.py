@@ -55,7 +55,7 @@ def train_throughput(
     torch.manual_seed(0)
     model = create_model(name, n_classes).to(device).train()
     amp, dtype = autocast_for(device) if as_fit else (device.type == "cuda", torch.float16)
-    if as_fit and channels_last_for(device, amp):
+    if as_fit and channels_last_for(device):
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and dtype == torch.float16)

@@ -17,7 +17,7 @@ import torch
 from claudio_daemon.model.classifier import OnnxClassifier
 from tests.conftest import ROOT
 from tests.esc50_helpers import copy_esc50_subset
-from training.fit import autocast_for, channels_last_for, load_checkpoint
+from training.fit import channels_last_for, load_checkpoint
 from training.stats import compute_stats
 from training.synth_claps import load_22k
 
@@ -137,8 +137,7 @@ def test_the_all_folds_model_is_one_the_daemon_loads(work: Path, data: Path) -> 
     assert [p.stat().st_mtime_ns for p in inputs] == before
     assert f"wrote {out}" in res.stderr
     # FIT_ARGS reach both steps' `fit`; without them fit takes the faster layout here.
-    cpu = torch.device("cpu")
-    faster = channels_last_for(cpu, autocast_for(cpu)[0])
+    faster = channels_last_for(torch.device("cpu"))
     for run, channels_last in (("all", False), ("fold4", faster)):
         for step in ("base", "claps"):
             config = load_checkpoint(work / "runs" / run / step / "last.pt")["config"]

@@ -219,8 +219,7 @@ def test_channels_last_trains_the_same_model_and_old_runs_resume_in_nchw(
     assert FitConfig.from_dict(ckpt["config"]).channels_last is True
     # Left to `fit`, the run takes the faster layout here and saves which it took.
     default = load_checkpoint(trained.last_checkpoint)["config"]["channels_last"]
-    cpu = torch.device("cpu")
-    assert default is channels_last_for(cpu, autocast_for(cpu)[0])
+    assert default is channels_last_for(torch.device("cpu"))
 
 
 def test_bf16_autocast_only_on_a_cpu_that_computes_bf16_natively() -> None:
@@ -239,8 +238,9 @@ def test_bf16_autocast_only_on_a_cpu_that_computes_bf16_natively() -> None:
     cpu = torch.device("cpu")
     assert autocast_for(cpu) == (native, torch.bfloat16 if native else torch.float16)
     assert autocast_for(cpu, enabled=False)[0] is False
-    assert channels_last_for(cpu, autocast=native) is native
-    assert channels_last_for(torch.device("cuda"), autocast=True) is True
+    assert channels_last_for(cpu) is native
+    assert channels_last_for(cpu, amp=False) is False
+    assert channels_last_for(torch.device("cuda")) is True
 
 
 def _altered_checkpoint(src: Path, dst: Path, **changes) -> str:
